@@ -1,0 +1,658 @@
+/* engine/dit.c - DiT config parsing, weight binding and work buffers. The
+ * forwards live in dit_sd3.c and dit_flux.c. */
+#define LOG_MODULE "engine.dit"
+#include "engine/dit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/xalloc.h"
+#include "engine/dit_internal.h"
+#include "engine/json_util.h"
+#include "kernels/ops.h"
+
+/* ---------------------------------------------------------------- config */
+
+int dit_config_load(struct dit_config *cfg, const char *path, struct err_msg *em)
+{
+    json_t *o = NULL;
+    const char *cls = NULL, *qk = NULL;
+    int rc = ju_load(&o, path, em);
+    if (rc)
+        return rc;
+    memset(cfg, 0, sizeof *cfg);
+    if ((rc = ju_str(o, "_class_name", &cls, path, em)))
+        goto done;
+    if (!cls) {
+        rc = err_set(em, ERR_FORMAT, "%s: missing \"_class_name\"", path);
+        goto done;
+    }
+    if (strcmp(cls, "SD3Transformer2DModel") == 0) {
+        cfg->family = DIT_SD3;
+    } else if (strcmp(cls, "FluxTransformer2DModel") == 0) {
+        cfg->family = DIT_FLUX;
+    } else {
+        rc = err_set(em, ERR_UNSUPPORTED, "%s: \"_class_name\" %s is not a supported transformer",
+                     path, cls);
+        goto done;
+    }
+    bool flux = cfg->family == DIT_FLUX;
+    /* Defaults are the real models' values (SD3-medium, FLUX.1-dev). */
+    if ((rc = ju_int(o, "patch_size", flux ? 1 : 2, 1, 8, &cfg->patch_size, path, em)) ||
+        (rc = ju_int(o, "in_channels", flux ? 64 : 16, 1, 4096, &cfg->in_channels, path, em)) ||
+        (rc = ju_int(o, "num_layers", flux ? 19 : 24, 0, DIT_MAX_LAYERS, &cfg->num_layers, path,
+                     em)) ||
+        (rc = ju_int(o, "num_single_layers", flux ? 38 : 0, 0, DIT_MAX_LAYERS,
+                     &cfg->num_single_layers, path, em)) ||
+        (rc = ju_int(o, "num_attention_heads", 24, 1, 1024, &cfg->heads, path, em)) ||
+        (rc = ju_int(o, "attention_head_dim", flux ? 128 : 64, 1, 1024, &cfg->head_dim, path,
+                     em)) ||
+        (rc = ju_int(o, "joint_attention_dim", 4096, 1, 65536, &cfg->joint_attention_dim, path,
+                     em)) ||
+        (rc = ju_int(o, "pooled_projection_dim", flux ? 768 : 2048, 1, 65536,
+                     &cfg->pooled_projection_dim, path, em)))
+        goto done;
+    cfg->hidden = cfg->heads * cfg->head_dim;
+    cfg->mlp_ratio = 4;
+    if (flux) {
+        json_t *ax = json_object_get(o, "axes_dims_rope");
+        cfg->out_channels = cfg->in_channels;
+        cfg->axes_dims_rope[0] = 16;
+        cfg->axes_dims_rope[1] = 56;
+        cfg->axes_dims_rope[2] = 56;
+        if (ax && !json_is_null(ax)) {
+            if (!json_is_array(ax) || json_array_size(ax) != 3) {
+                rc = err_set(em, ERR_FORMAT, "%s: \"axes_dims_rope\" must be 3 integers", path);
+                goto done;
+            }
+            for (int i = 0; i < 3; i++) {
+                json_t *e = json_array_get(ax, (size_t)i);
+                if (!json_is_integer(e) || json_integer_value(e) <= 0 ||
+                    json_integer_value(e) % 2) {
+                    rc = err_set(em, ERR_FORMAT,
+                                 "%s: \"axes_dims_rope\" must be 3 positive even integers", path);
+                    goto done;
+                }
+                cfg->axes_dims_rope[i] = (int)json_integer_value(e);
+            }
+        }
+        if (cfg->axes_dims_rope[0] + cfg->axes_dims_rope[1] + cfg->axes_dims_rope[2] !=
+            cfg->head_dim) {
+            rc = err_set(em, ERR_FORMAT,
+                         "%s: \"axes_dims_rope\" sums to %d but attention_head_dim is %d", path,
+                         cfg->axes_dims_rope[0] + cfg->axes_dims_rope[1] + cfg->axes_dims_rope[2],
+                         cfg->head_dim);
+            goto done;
+        }
+        double theta;
+        if ((rc = ju_num(o, "rope_theta", 10000.0, &theta, path, em)) ||
+            (rc = ju_bool(o, "guidance_embeds", false, &cfg->guidance_embeds, path, em)))
+            goto done;
+        cfg->rope_theta = (float)theta;
+        cfg->qk_norm = true;
+    } else {
+        int oc;
+        if ((rc = ju_int(o, "out_channels", cfg->in_channels, 1, 4096, &oc, path, em)) ||
+            (rc = ju_int(o, "caption_projection_dim", cfg->hidden, 1, 65536,
+                         &cfg->caption_projection_dim, path, em)) ||
+            (rc = ju_int(o, "pos_embed_max_size", 96, 1, 4096, &cfg->pos_embed_max_size, path,
+                         em)) ||
+            (rc = ju_int(o, "sample_size", 128, 1, 65536, &cfg->sample_size, path, em)) ||
+            (rc = ju_str(o, "qk_norm", &qk, path, em)))
+            goto done;
+        cfg->out_channels = oc;
+        if (cfg->caption_projection_dim != cfg->hidden) {
+            rc = err_set(em, ERR_UNSUPPORTED,
+                         "%s: caption_projection_dim %d differs from heads*head_dim %d", path,
+                         cfg->caption_projection_dim, cfg->hidden);
+            goto done;
+        }
+        if (qk && strcmp(qk, "rms_norm") != 0) {
+            rc = err_set(em, ERR_UNSUPPORTED, "%s: qk_norm \"%s\" (only rms_norm)", path, qk);
+            goto done;
+        }
+        cfg->qk_norm = qk != NULL;
+        json_t *dl = json_object_get(o, "dual_attention_layers");
+        if (dl && !json_is_null(dl)) {
+            if (!json_is_array(dl)) {
+                rc = err_set(em, ERR_FORMAT, "%s: \"dual_attention_layers\" must be an array",
+                             path);
+                goto done;
+            }
+            for (size_t i = 0; i < json_array_size(dl); i++) {
+                json_t *e = json_array_get(dl, i);
+                if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                    json_integer_value(e) >= cfg->num_layers) {
+                    rc = err_set(em, ERR_FORMAT,
+                                 "%s: \"dual_attention_layers\" entry %zu is not a layer index",
+                                 path, i);
+                    goto done;
+                }
+                cfg->dual_attention[json_integer_value(e)] = true;
+            }
+        }
+    }
+done:
+    json_decref(o);
+    return rc;
+}
+
+int dit_token_dim(const struct dit_config *cfg)
+{
+    return cfg->in_channels * cfg->patch_size * cfg->patch_size;
+}
+
+/* --------------------------------------------------------------- binding */
+
+struct binder {
+    struct dit *m;
+    struct wsrc *src;
+    struct err_msg *em;
+};
+
+static int own_alloc(struct dit *m, size_t n, void **out)
+{
+    int rc = m->be->ops->alloc(m->be, n, out);
+    if (rc)
+        return rc;
+    if (m->n_owned == m->cap_owned) {
+        m->cap_owned = m->cap_owned ? 2 * m->cap_owned : 256;
+        m->owned = xrealloc(m->owned, (size_t)m->cap_owned * sizeof *m->owned);
+    }
+    m->owned[m->n_owned++] = *out;
+    return ERR_OK;
+}
+
+static void shape_str(const struct tensor *t, char *buf, size_t n) { tensor_shape_str(t, buf, n); }
+
+/* Make a host weight view visible to the backend (zero copy on the CPU). */
+static int map_weight(struct binder *bd, struct tensor *t)
+{
+    void *p = NULL;
+    size_t n = (size_t)tensor_nelem(t) * dtype_size(t->dtype);
+    int rc = bd->m->be->ops->weights_map(bd->m->be, t->data, n, &p);
+    if (rc)
+        return err_set(bd->em, rc, "%s: cannot map weights", wsrc_where(bd->src));
+    t->data = p;
+    return ERR_OK;
+}
+
+/* F32 copy of a stored vector (any float dtype), owned by the model. */
+static int widen_vec(struct binder *bd, const struct tensor *src, struct tensor *out)
+{
+    struct tensor s = *src;
+    void *p;
+    int rc;
+    if (!dtype_is_float(s.dtype))
+        return err_set(bd->em, ERR_MISMATCH, "%s: vector is %s, not a float type",
+                       wsrc_where(bd->src), dtype_name(s.dtype));
+    if ((rc = map_weight(bd, &s)))
+        return rc;
+    if ((rc = own_alloc(bd->m, (size_t)tensor_nelem(&s) * 4, &p)))
+        return err_set(bd->em, rc, "out of memory widening a weight vector");
+    struct tensor flat = tensor_1d(s.data, s.dtype, tensor_nelem(&s));
+    flat.scale = s.scale;
+    *out = tensor_1d(p, DTYPE_F32, tensor_nelem(&s));
+    op_convert(bd->m->be, out, &flat);
+    return ERR_OK;
+}
+
+/* Bind rows [row0, row0+n_out) of "<name>.weight" (+ bias) as a linear with
+ * input width k. bias_required: -1 optional, 0 absent, 1 required. */
+static int bind_lin_rows(struct binder *bd, struct lin *l, const char *name, int64_t row0,
+                         int64_t n_out, int64_t k, int bias_required)
+{
+    char wn[256], bn[256], a[96], b[96];
+    struct tensor w, bias;
+    int rc;
+    snprintf(wn, sizeof wn, "%s.weight", name);
+    snprintf(bn, sizeof bn, "%s.bias", name);
+    memset(l, 0, sizeof *l);
+    if ((rc = wsrc_get_rows(bd->src, wn, row0, n_out, &w, bd->em)))
+        return rc;
+    /* Conv weights [out, in, p, p] are linears over (c, dy, dx) features. */
+    if (w.ndim == 4 && tensor_is_contiguous(&w))
+        w = tensor_reshape(&w, 2, (int64_t[]){w.ne[0], w.ne[1] * w.ne[2] * w.ne[3]});
+    if (w.ndim != 2 || w.ne[0] != n_out || w.ne[1] != k || !dtype_is_float(w.dtype)) {
+        shape_str(&w, a, sizeof a);
+        snprintf(b, sizeof b, "[%lld, %lld]", (long long)n_out, (long long)k);
+        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies %s",
+                       wsrc_where(bd->src), wn, a, b);
+    }
+    if ((rc = map_weight(bd, &w)))
+        return rc;
+    l->w = w;
+    if (bias_required == 0)
+        return ERR_OK;
+    rc = wsrc_get_rows(bd->src, bn, row0, n_out, &bias, NULL);
+    if (rc) {
+        if (bias_required == 1)
+            return err_set(bd->em, ERR_NOTFOUND, "%s: missing tensor \"%s\"", wsrc_where(bd->src),
+                           bn);
+        return ERR_OK;
+    }
+    if (bias.ndim != 1 || bias.ne[0] != n_out) {
+        shape_str(&bias, a, sizeof a);
+        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
+                       wsrc_where(bd->src), bn, a, (long long)n_out);
+    }
+    if ((rc = widen_vec(bd, &bias, &l->b)))
+        return rc;
+    l->has_b = true;
+    return ERR_OK;
+}
+
+static int bind_lin(struct binder *bd, struct lin *l, const char *name, int64_t n, int64_t k)
+{
+    return bind_lin_rows(bd, l, name, 0, n, k, 1);
+}
+
+static int bind_vec(struct binder *bd, struct vec *v, const char *name, int64_t n)
+{
+    char wn[256], a[96];
+    struct tensor t;
+    int rc;
+    snprintf(wn, sizeof wn, "%s.weight", name);
+    if ((rc = wsrc_get(bd->src, wn, &t, bd->em)))
+        return rc;
+    if (tensor_nelem(&t) != n) {
+        shape_str(&t, a, sizeof a);
+        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
+                       wsrc_where(bd->src), wn, a, (long long)n);
+    }
+    return widen_vec(bd, &t, &v->t);
+}
+
+static int bind_attn(struct binder *bd, struct attn_w *at, const char *p, bool ctx, bool out,
+                     bool aout, bool norms)
+{
+    const struct dit_config *c = &bd->m->cfg;
+    int64_t d = c->hidden;
+    char n[256];
+    int rc;
+#define BL(field, suffix)                                                  \
+    do {                                                                   \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
+        if ((rc = bind_lin(bd, &at->field, n, d, d)))                      \
+            return rc;                                                     \
+    } while (0)
+#define BV(field, suffix)                                                  \
+    do {                                                                   \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
+        if ((rc = bind_vec(bd, &at->field, n, c->head_dim)))               \
+            return rc;                                                     \
+    } while (0)
+    BL(q, "to_q");
+    BL(k, "to_k");
+    BL(v, "to_v");
+    if (out)
+        BL(out, "to_out.0");
+    if (norms) {
+        BV(nq, "norm_q");
+        BV(nk, "norm_k");
+    }
+    if (ctx) {
+        BL(aq, "add_q_proj");
+        BL(ak, "add_k_proj");
+        BL(av, "add_v_proj");
+        if (aout)
+            BL(aout, "to_add_out");
+        if (norms) {
+            BV(naq, "norm_added_q");
+            BV(nak, "norm_added_k");
+        }
+    }
+#undef BL
+#undef BV
+    at->has_out = out;
+    at->has_ctx = ctx;
+    at->has_aout = aout;
+    return ERR_OK;
+}
+
+static int bind_ff(struct binder *bd, struct lin *f1, struct lin *f2, const char *p)
+{
+    const struct dit_config *c = &bd->m->cfg;
+    char n[256];
+    int rc;
+    snprintf(n, sizeof n, "%s.net.0.proj", p);
+    if ((rc = bind_lin(bd, f1, n, (int64_t)c->hidden * c->mlp_ratio, c->hidden)))
+        return rc;
+    snprintf(n, sizeof n, "%s.net.2", p);
+    return bind_lin(bd, f2, n, c->hidden, (int64_t)c->hidden * c->mlp_ratio);
+}
+
+/* AdaLayerNormContinuous: emb -> (scale, shift), bound as two halves so a
+ * source that stores (shift, scale) maps without a copy. */
+static int bind_ada_cont(struct binder *bd, struct lin *scale, struct lin *shift, const char *p)
+{
+    int64_t d = bd->m->cfg.hidden;
+    int rc = bind_lin_rows(bd, scale, p, 0, d, d, 1);
+    return rc ? rc : bind_lin_rows(bd, shift, p, d, d, d, 1);
+}
+
+static int bind_embedders(struct binder *bd)
+{
+    struct dit *m = bd->m;
+    const struct dit_config *c = &m->cfg;
+    int64_t d = c->hidden;
+    int rc;
+    if ((rc = bind_lin(bd, &m->t1, "time_text_embed.timestep_embedder.linear_1", d, 256)) ||
+        (rc = bind_lin(bd, &m->t2, "time_text_embed.timestep_embedder.linear_2", d, d)) ||
+        (rc = bind_lin(bd, &m->p1, "time_text_embed.text_embedder.linear_1", d,
+                       c->pooled_projection_dim)) ||
+        (rc = bind_lin(bd, &m->p2, "time_text_embed.text_embedder.linear_2", d, d)) ||
+        (rc = bind_lin(bd, &m->ctx_emb, "context_embedder", d, c->joint_attention_dim)))
+        return rc;
+    if (c->family == DIT_FLUX && c->guidance_embeds) {
+        if ((rc = bind_lin(bd, &m->g1, "time_text_embed.guidance_embedder.linear_1", d, 256)) ||
+            (rc = bind_lin(bd, &m->g2, "time_text_embed.guidance_embedder.linear_2", d, d)))
+            return rc;
+    }
+    if ((rc = bind_ada_cont(bd, &m->out_scale, &m->out_shift, "norm_out.linear")))
+        return rc;
+    return bind_lin(bd, &m->proj_out, "proj_out", dit_token_dim(c) / c->in_channels *
+                                                      c->out_channels, d);
+}
+
+/* Compare the stored SD3 sin-cos table with the analytic formula. */
+static double sd3_table_maxdiff(const struct dit *m)
+{
+    const struct tensor *t = &m->pos_table;
+    int s = m->cfg.pos_embed_max_size, d = m->cfg.hidden, q = d / 4;
+    double worst = 0;
+    for (int r = 0; r < s; r++) {
+        for (int col = 0; col < s; col++) {
+            size_t base = ((size_t)r * s + col) * d;
+            for (int half = 0; half < 2; half++) {
+                double p = (half == 0 ? col : r) * m->pos_scale;
+                for (int j = 0; j < q; j++) {
+                    double om = 1.0 / pow(10000.0, (double)j / q);
+                    double sv = sin(p * om), cv = cos(p * om);
+                    double a = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + j) * t->scale;
+                    double b = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + q + j) *
+                               t->scale;
+                    worst = fmax(worst, fmax(fabs(a - sv), fabs(b - cv)));
+                }
+            }
+        }
+    }
+    return worst;
+}
+
+static int bind_sd3(struct binder *bd)
+{
+    struct dit *m = bd->m;
+    struct dit_config *c = &m->cfg;
+    int64_t d = c->hidden;
+    char n[256], p[128];
+    int rc;
+    int tok = dit_token_dim(c);
+    if ((rc = bind_lin(bd, &m->x_emb, "pos_embed.proj", d, tok)))
+        return rc;
+    /* A stored table is optional: without it every position is analytic. */
+    struct tensor tab;
+    m->pos_scale = (double)(c->sample_size / c->patch_size) / c->pos_embed_max_size;
+    if (wsrc_get(bd->src, "pos_embed.pos_embed", &tab, NULL) == ERR_OK) {
+        int64_t s = c->pos_embed_max_size;
+        if (tensor_nelem(&tab) != s * s * d || !dtype_is_float(tab.dtype))
+            return err_set(bd->em, ERR_MISMATCH,
+                           "%s: tensor \"pos_embed.pos_embed\" has %lld elements, the config "
+                           "implies [1, %lld, %lld]",
+                           wsrc_where(bd->src), (long long)tensor_nelem(&tab), (long long)(s * s),
+                           (long long)d);
+        m->pos_table = tensor_2d(tab.data, tab.dtype, s * s, d);
+        m->pos_table.scale = tab.scale;
+        m->pos_maxdiff = sd3_table_maxdiff(m);
+        if ((rc = map_weight(bd, &m->pos_table)))
+            return rc;
+        LOG_INFO("sd3 pos_embed table %lldx%lld: max |stored - analytic| = %.3g", (long long)s,
+                 (long long)s, m->pos_maxdiff);
+    }
+    if ((rc = bind_embedders(bd)))
+        return rc;
+    for (int i = 0; i < c->num_layers; i++) {
+        struct joint_block *b = &m->blocks[i];
+        bool last = i == c->num_layers - 1;
+        b->ctx_pre_only = last;
+        b->dual = c->dual_attention[i];
+        snprintf(p, sizeof p, "transformer_blocks.%d", i);
+        snprintf(n, sizeof n, "%s.norm1.linear", p);
+        if ((rc = bind_lin(bd, &b->norm1, n, (b->dual ? 9 : 6) * d, d)))
+            return rc;
+        snprintf(n, sizeof n, "%s.norm1_context.linear", p);
+        if (last)
+            rc = bind_ada_cont(bd, &b->norm1_ctx_scale, &b->norm1_ctx_shift, n);
+        else
+            rc = bind_lin(bd, &b->norm1_ctx, n, 6 * d, d);
+        if (rc)
+            return rc;
+        snprintf(n, sizeof n, "%s.attn", p);
+        if ((rc = bind_attn(bd, &b->attn, n, true, true, !last, c->qk_norm)))
+            return rc;
+        if (b->dual) {
+            snprintf(n, sizeof n, "%s.attn2", p);
+            if ((rc = bind_attn(bd, &b->attn2, n, false, true, false, c->qk_norm)))
+                return rc;
+        }
+        snprintf(n, sizeof n, "%s.ff", p);
+        if ((rc = bind_ff(bd, &b->ff1, &b->ff2, n)))
+            return rc;
+        if (!last) {
+            snprintf(n, sizeof n, "%s.ff_context", p);
+            if ((rc = bind_ff(bd, &b->cff1, &b->cff2, n)))
+                return rc;
+        }
+    }
+    return ERR_OK;
+}
+
+static int bind_flux(struct binder *bd)
+{
+    struct dit *m = bd->m;
+    struct dit_config *c = &m->cfg;
+    int64_t d = c->hidden;
+    char n[256], p[128];
+    int rc;
+    if ((rc = bind_lin(bd, &m->x_emb, "x_embedder", d, c->in_channels)) ||
+        (rc = bind_embedders(bd)))
+        return rc;
+    for (int i = 0; i < c->num_layers; i++) {
+        struct joint_block *b = &m->blocks[i];
+        snprintf(p, sizeof p, "transformer_blocks.%d", i);
+        snprintf(n, sizeof n, "%s.norm1.linear", p);
+        if ((rc = bind_lin(bd, &b->norm1, n, 6 * d, d)))
+            return rc;
+        snprintf(n, sizeof n, "%s.norm1_context.linear", p);
+        if ((rc = bind_lin(bd, &b->norm1_ctx, n, 6 * d, d)))
+            return rc;
+        snprintf(n, sizeof n, "%s.attn", p);
+        if ((rc = bind_attn(bd, &b->attn, n, true, true, true, true)))
+            return rc;
+        snprintf(n, sizeof n, "%s.ff", p);
+        if ((rc = bind_ff(bd, &b->ff1, &b->ff2, n)))
+            return rc;
+        snprintf(n, sizeof n, "%s.ff_context", p);
+        if ((rc = bind_ff(bd, &b->cff1, &b->cff2, n)))
+            return rc;
+    }
+    for (int i = 0; i < c->num_single_layers; i++) {
+        struct single_block *s = &m->singles[i];
+        snprintf(p, sizeof p, "single_transformer_blocks.%d", i);
+        snprintf(n, sizeof n, "%s.norm.linear", p);
+        if ((rc = bind_lin(bd, &s->norm, n, 3 * d, d)))
+            return rc;
+        snprintf(n, sizeof n, "%s.attn", p);
+        if ((rc = bind_attn(bd, &s->attn, n, false, false, false, true)))
+            return rc;
+        snprintf(n, sizeof n, "%s.proj_mlp", p);
+        if ((rc = bind_lin(bd, &s->mlp, n, d * c->mlp_ratio, d)))
+            return rc;
+        snprintf(n, sizeof n, "%s.proj_out", p);
+        if ((rc = bind_lin(bd, &s->out, n, d, d * (1 + c->mlp_ratio))))
+            return rc;
+    }
+    return ERR_OK;
+}
+
+int dit_load(struct dit **out, struct backend *be, const struct dit_config *cfg, struct wsrc *src,
+             struct err_msg *em)
+{
+    struct dit *m = xcalloc(1, sizeof *m);
+    struct binder bd = {m, src, em};
+    int rc;
+    m->cfg = *cfg;
+    m->be = be;
+    if (cfg->hidden != cfg->heads * cfg->head_dim || cfg->head_dim % 2) {
+        rc = err_set(em, ERR_FORMAT, "transformer config: heads*head_dim inconsistent");
+        goto fail;
+    }
+    rc = cfg->family == DIT_SD3 ? bind_sd3(&bd) : bind_flux(&bd);
+    if (rc)
+        goto fail;
+    if ((rc = op_sync(be))) {
+        err_set(em, rc, "backend error while loading weights");
+        goto fail;
+    }
+    *out = m;
+    return ERR_OK;
+fail:
+    dit_free(m);
+    return rc;
+}
+
+void dit_free(struct dit *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n_owned; i++)
+        m->be->ops->free(m->be, m->owned[i]);
+    free(m->owned);
+    free(m);
+}
+
+const struct dit_config *dit_cfg(const struct dit *m) { return &m->cfg; }
+double dit_pos_table_maxdiff(const struct dit *m) { return m->pos_maxdiff; }
+
+void dit_sd3_grid_pos(const struct dit *m, int h, int w, float *out)
+{
+    int s = m->cfg.pos_embed_max_size;
+    int top = (s - h) / 2, left = (s - w) / 2;
+    for (int i = 0; i < h; i++)
+        for (int j = 0; j < w; j++) {
+            out[2 * ((size_t)i * w + j)] = (float)(top + i);
+            out[2 * ((size_t)i * w + j) + 1] = (float)(left + j);
+        }
+}
+
+/* ------------------------------------------------------------------ work */
+
+struct tensor dit_wview(const struct tensor *buf, int ndim, const int64_t *ne)
+{
+    struct tensor t = tensor_make(buf->data, buf->dtype, ndim, ne);
+    RALUD_ASSERT(tensor_nelem(&t) <= tensor_nelem(buf));
+    return t;
+}
+
+static int work_buf(struct dit_work *w, struct tensor *t, int64_t n)
+{
+    void *p = NULL;
+    int rc = w->m->be->ops->alloc(w->m->be, (size_t)n * 4, &p);
+    if (rc)
+        return rc;
+    w->bufs = xrealloc(w->bufs, (size_t)(w->n_bufs + 1) * sizeof *w->bufs);
+    w->bufs[w->n_bufs++] = p;
+    w->bytes += (size_t)n * 4;
+    *t = tensor_1d(p, DTYPE_F32, n);
+    return ERR_OK;
+}
+
+int dit_work_new(struct dit_work **out, struct dit *m, int max_b, int max_n, int max_t)
+{
+    const struct dit_config *c = &m->cfg;
+    struct dit_work *w = xcalloc(1, sizeof *w);
+    int64_t b = max_b, l = (int64_t)max_n + max_t, d = c->hidden;
+    int rc;
+    w->m = m;
+    w->max_b = max_b;
+    w->max_n = max_n;
+    w->max_t = max_t;
+    if ((rc = work_buf(w, &w->t256, b * 256)) || (rc = work_buf(w, &w->temb, b * d)) ||
+        (rc = work_buf(w, &w->temb2, b * d)) || (rc = work_buf(w, &w->temb_silu, b * d)) ||
+        (rc = work_buf(w, &w->mod, b * 9 * d)) || (rc = work_buf(w, &w->cmod, b * 6 * d)) ||
+        (rc = work_buf(w, &w->xs, b * l * d)) || (rc = work_buf(w, &w->h, b * l * d)) ||
+        (rc = work_buf(w, &w->q, b * l * d)) || (rc = work_buf(w, &w->k, b * l * d)) ||
+        (rc = work_buf(w, &w->v, b * l * d)) || (rc = work_buf(w, &w->o, b * l * d)) ||
+        (rc = work_buf(w, &w->proj, b * l * d)) ||
+        (rc = work_buf(w, &w->big, b * l * d * (1 + c->mlp_ratio))) ||
+        (rc = work_buf(w, &w->tok, b * (int64_t)max_n * dit_token_dim(c))))
+        goto fail;
+    if (c->family == DIT_SD3) {
+        if ((rc = work_buf(w, &w->h2, b * (int64_t)max_n * d)))
+            goto fail;
+    } else {
+        if ((rc = work_buf(w, &w->rope, b * l * c->head_dim)) ||
+            (rc = work_buf(w, &w->ids, b * l * 3)))
+            goto fail;
+    }
+    *out = w;
+    return ERR_OK;
+fail:
+    dit_work_free(w);
+    return rc;
+}
+
+void dit_work_free(struct dit_work *w)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < w->n_bufs; i++)
+        w->m->be->ops->free(w->m->be, w->bufs[i]);
+    free(w->bufs);
+    free(w);
+}
+
+size_t dit_work_bytes(const struct dit_work *w) { return w->bytes; }
+
+/* --------------------------------------------------------------- forward */
+
+void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const struct lin *l)
+{
+    op_matmul(be, y, x, &l->w, l->has_b ? &l->b : NULL);
+}
+
+int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                struct tensor *out)
+{
+    if (in->b < 1 || in->b > w->max_b || in->n < 1 || in->n > w->max_n || in->t < 0 ||
+        in->t > w->max_t)
+        return ERR_INVAL;
+    return m->cfg.family == DIT_SD3 ? dit_forward_sd3(m, w, in, out)
+                                    : dit_forward_flux(m, w, in, out);
+}
+
+double dit_flops(const struct dit_config *c, int b, int n, int t)
+{
+    double d = c->hidden, l = (double)n + t, f = 0;
+    double mlp = d * c->mlp_ratio;
+    double tok = dit_token_dim(c);
+    f += 2.0 * n * tok * d;                    /* patch / x embedding */
+    f += 2.0 * t * c->joint_attention_dim * d; /* context embedder */
+    for (int i = 0; i < c->num_layers; i++) {
+        bool pre = c->family == DIT_SD3 && i == c->num_layers - 1;
+        double tq = pre ? 0 : t; /* pre-only block: no text queries / outputs */
+        f += 2.0 * n * d * 3 * d + 2.0 * t * d * 3 * d; /* qkv */
+        f += 4.0 * (n + tq) * l * d;                   /* scores + weighted sum */
+        f += 2.0 * (n + tq) * d * d;                   /* out projections */
+        f += 2.0 * 2 * (n + tq) * d * mlp;             /* MLPs */
+        if (c->family == DIT_SD3 && c->dual_attention[i])
+            f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
+    }
+    for (int i = 0; i < c->num_single_layers; i++)
+        f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
+    f += 2.0 * n * d * tok; /* proj_out */
+    return f * b;
+}

@@ -1,0 +1,105 @@
+/* engine/dit.h - diffusion transformers (SD3/SD3.5 MMDiT and FLUX) over
+ * arbitrary token lists.
+ *
+ * The forward takes, per sample, a list of image tokens in packed form
+ * (C*p*p features in (c, dy, dx) order) with one position per token:
+ *  - FLUX: ids [B, N, 3] (any float values: grid, half-steps, negatives),
+ *    plus txt_ids [B, T, 3];
+ *  - SD3: (row, col) [B, N, 2] in sin-cos table coordinates (the centre crop
+ *    is the caller's: see dit_sd3_grid_pos). Integer positions read the
+ *    checkpoint's stored table, fractional ones the analytic formula.
+ * Any token count, non-square grids and mixed resolutions work: nothing in
+ * the forward assumes a grid.
+ *
+ * Architecture comes from the component's config.json. Weights are views
+ * into the mmapped checkpoint (their own dtype); only bias and norm vectors
+ * are widened to F32 at load (a few MB even for FLUX.1-dev).
+ *
+ * dit_forward never allocates: a dit_work holds every activation for up to
+ * max_b samples, max_n image tokens and max_t text tokens. */
+#ifndef RALUD_ENGINE_DIT_H
+#define RALUD_ENGINE_DIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "engine/weights.h"
+#include "kernels/backend.h"
+
+enum dit_family { DIT_SD3 = 0, DIT_FLUX };
+
+#define DIT_MAX_LAYERS 128
+
+struct dit_config {
+    enum dit_family family;
+    int patch_size;          /* SD3: 2; FLUX: 1 (tokens arrive packed 2x2) */
+    int in_channels;         /* SD3: latent channels; FLUX: packed token width */
+    int out_channels;        /* SD3: latent channels; FLUX: = in_channels */
+    int num_layers;          /* SD3 joint blocks / FLUX double blocks */
+    int num_single_layers;   /* FLUX only */
+    int heads;
+    int head_dim;
+    int hidden;              /* heads * head_dim */
+    int joint_attention_dim; /* text feature width */
+    int caption_projection_dim;
+    int pooled_projection_dim;
+    int pos_embed_max_size; /* SD3 */
+    int sample_size;        /* SD3: base size for the sin-cos grid */
+    bool qk_norm;           /* SD3.5 rms_norm; FLUX always */
+    bool dual_attention[DIT_MAX_LAYERS]; /* SD3.5 MMDiT-X */
+    bool guidance_embeds;   /* FLUX.1-dev yes, schnell no */
+    int axes_dims_rope[3];  /* FLUX */
+    float rope_theta;       /* FLUX: 10000 */
+    int mlp_ratio;          /* 4 */
+};
+
+/* Fill cfg from a diffusers transformer config.json. Missing keys take the
+ * real models' defaults; bad values fail naming the key. */
+int dit_config_load(struct dit_config *cfg, const char *config_json_path, struct err_msg *em);
+/* Token width of the packed input/output: C*p*p. */
+int dit_token_dim(const struct dit_config *cfg);
+
+struct dit;
+
+/* Bind all weights of a model whose architecture is cfg from src. Checks every
+ * tensor's shape against cfg, naming the first that is missing or wrong. */
+int dit_load(struct dit **out, struct backend *be, const struct dit_config *cfg, struct wsrc *src,
+             struct err_msg *em);
+void dit_free(struct dit *m);
+const struct dit_config *dit_cfg(const struct dit *m);
+/* SD3: largest |stored table - analytic formula| seen at load (0 for FLUX or
+ * when no table is stored). */
+double dit_pos_table_maxdiff(const struct dit *m);
+
+/* SD3: positions of an h x w token grid (raster order) in table coordinates,
+ * with the reference's centre crop. out: host float[h*w*2]. */
+void dit_sd3_grid_pos(const struct dit *m, int h, int w, float *out);
+
+struct dit_work;
+int dit_work_new(struct dit_work **out, struct dit *m, int max_b, int max_n, int max_t);
+void dit_work_free(struct dit_work *w);
+/* Bytes of backend memory held by the work buffers. */
+size_t dit_work_bytes(const struct dit_work *w);
+
+struct dit_inputs {
+    int b, n, t;              /* samples, image tokens, text tokens */
+    const struct tensor *x;   /* [B, N, C*p*p] F32 (backend memory) */
+    const struct tensor *pos; /* FLUX [B, N, 3] / SD3 [B, N, 2] */
+    const struct tensor *txt; /* [B, T, joint_attention_dim] */
+    const struct tensor *txt_ids; /* FLUX [B, T, 3]; NULL = zeros */
+    const struct tensor *pooled;  /* [B, pooled_projection_dim] */
+    const float *timestep;        /* host [B]: SD3 in [0,1000]; FLUX sigma in [0,1] */
+    const float *guidance;        /* host [B] or NULL (FLUX guidance-distilled models) */
+};
+
+/* out [B, N, C*p*p] F32: the predicted velocity per token, in the same
+ * (c, dy, dx) feature order as the input tokens. */
+int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                struct tensor *out);
+
+/* FLOPs of one forward for b samples, n image and t text tokens (matmuls and
+ * attention, 2 per multiply-add). The one place FLOPs are counted. */
+double dit_flops(const struct dit_config *cfg, int b, int n, int t);
+
+#endif

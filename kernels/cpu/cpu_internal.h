@@ -1,0 +1,68 @@
+/* kernels/cpu/cpu_internal.h - the CPU backend's private contract.
+ *
+ * Op files (matmul.c, attention.c, eltwise.c, norm.c, embed.c, layout.c)
+ * implement the functions below; cpu_backend.c puts them in the table. Every
+ * op parallelises through cpu_pool(be) and uses only cpu_scratch() for
+ * temporaries (no malloc while running). */
+#ifndef RALUD_KERNELS_CPU_INTERNAL_H
+#define RALUD_KERNELS_CPU_INTERNAL_H
+
+#include "kernels/backend.h"
+#include "kernels/cpu/pool.h"
+
+/* Per-thread scratch bytes, allocated once at backend creation. */
+#define CPU_SCRATCH_BYTES ((size_t)8 << 20)
+
+struct pool *cpu_pool(struct backend *be);
+/* 64-byte aligned scratch of CPU_SCRATCH_BYTES owned by pool thread `thread`. */
+void *cpu_scratch(struct backend *be, int thread);
+
+void cpu_matmul(struct backend *be, struct tensor *y, const struct tensor *x,
+                const struct tensor *w, const struct tensor *bias);
+void cpu_convert(struct backend *be, struct tensor *y, const struct tensor *x);
+void cpu_copy(struct backend *be, struct tensor *y, const struct tensor *x);
+void cpu_fill(struct backend *be, struct tensor *y, float v);
+void cpu_layer_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                    const struct tensor *w, const struct tensor *b, float eps);
+void cpu_rms_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                  const struct tensor *w, float eps);
+void cpu_modulate(struct backend *be, struct tensor *y, const struct tensor *x,
+                  const struct tensor *shift, const struct tensor *scale);
+void cpu_gated_add(struct backend *be, struct tensor *x, const struct tensor *y,
+                   const struct tensor *gate);
+void cpu_act(struct backend *be, struct tensor *y, const struct tensor *x, enum act_kind k);
+void cpu_add(struct backend *be, struct tensor *y, const struct tensor *a, const struct tensor *b);
+void cpu_mul(struct backend *be, struct tensor *y, const struct tensor *a, const struct tensor *b);
+void cpu_axpy(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *v,
+              float a, float b);
+void cpu_lincomb(struct backend *be, struct tensor *y, float a, const struct tensor *x, float b,
+                 const struct tensor *z);
+void cpu_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
+             const struct tensor *pos, float g);
+void cpu_attention(struct backend *be, struct tensor *o, const struct tensor *q,
+                   const struct tensor *k, const struct tensor *v, const struct attn_params *p);
+void cpu_rope_freqs(struct backend *be, struct tensor *out, const struct tensor *ids,
+                    const int *axes_dims, int n_axes, float theta);
+void cpu_rope_apply(struct backend *be, struct tensor *x, const struct tensor *freqs);
+void cpu_timestep_embed(struct backend *be, struct tensor *y, const float *t, bool flip,
+                        float freq_shift, float scale);
+void cpu_sincos_pos_embed(struct backend *be, struct tensor *y, const struct tensor *pos,
+                          const struct tensor *table, int table_side, double pos_scale);
+void cpu_patchify(struct backend *be, struct tensor *y, const struct tensor *x, int p);
+void cpu_unpatchify(struct backend *be, struct tensor *y, const struct tensor *x, int p,
+                    enum patch_order order);
+void cpu_patch_reorder(struct backend *be, struct tensor *y, const struct tensor *x, int p);
+void cpu_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x,
+                     const struct tensor *idx);
+void cpu_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *x,
+                      const struct tensor *idx);
+
+int cpu_backend_new(struct backend **out, const struct backend_opts *opts);
+
+/* Test hooks (attention.c). force_scalar makes later cpu_attention calls in
+ * this process use the portable scalar path instead of AVX-512. exp applies
+ * the softmax's vectorised expf (libm expf on the scalar path) to n floats. */
+void cpu__attention_force_scalar(bool on);
+void cpu__attention_exp(float *y, const float *x, int64_t n);
+
+#endif

@@ -1,0 +1,110 @@
+/* kernels/ops.h - the op wrappers the engine calls.
+ *
+ * Each op_* checks shapes and dtypes once (RALUD_ASSERT: a mismatch here is a
+ * programmer error, never user input) and dispatches to the backend table.
+ * Conventions:
+ *  - Activations are F32. Weight operands (matmul w) may be any float dtype;
+ *    small weight vectors (bias, norm gains) are F32.
+ *  - Innermost dim contiguous; outer dims may have any stride (views).
+ *  - "[B, C] per-sample vector" operands may be row-strided slices, e.g. one
+ *    chunk of an adaLN output [B, 6C].
+ *  - In-place (y == x) is allowed wherever noted.
+ *  - Results are independent of the thread count: no op splits a reduction
+ *    across threads. */
+#ifndef RALUD_KERNELS_OPS_H
+#define RALUD_KERNELS_OPS_H
+
+#include "kernels/backend.h"
+
+/* y[r, n] = sum_k x[r, k] * (w[n, k] * w.scale) + bias[n].
+ * x [..., K] F32, w [N, K] contiguous any float dtype, bias [N] F32 or NULL,
+ * y [..., N] F32 (rows of x and y correspond). Precision per be->matmul_mode. */
+void op_matmul(struct backend *be, struct tensor *y, const struct tensor *x,
+               const struct tensor *w, const struct tensor *bias);
+/* y (F32) = x (any float dtype) * x.scale, same shape. */
+void op_convert(struct backend *be, struct tensor *y, const struct tensor *x);
+/* y = x, same shape and dtype, any strides. */
+void op_copy(struct backend *be, struct tensor *y, const struct tensor *x);
+void op_fill(struct backend *be, struct tensor *y, float v);
+/* Normalise each row over the last dim: (x-mean)/sqrt(var+eps) [*w + b].
+ * w, b: [C] F32 or NULL. In place allowed. */
+void op_layer_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                   const struct tensor *w, const struct tensor *b, float eps);
+/* x / sqrt(mean(x^2)+eps) [* w]. Per row of the last dim (view q as [B,L,H,D]
+ * for a per-head norm). In place allowed. */
+void op_rms_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                 const struct tensor *w, float eps);
+/* x [B, L, C]; shift, scale [B, C]; y = x * (1 + scale[b]) + shift[b].
+ * In place allowed. */
+void op_modulate(struct backend *be, struct tensor *y, const struct tensor *x,
+                 const struct tensor *shift, const struct tensor *scale);
+/* x [B, L, C] += gate[b] * y[b, l] ; gate [B, C] or NULL (plain add). */
+void op_gated_add(struct backend *be, struct tensor *x, const struct tensor *y,
+                  const struct tensor *gate);
+void op_act(struct backend *be, struct tensor *y, const struct tensor *x, enum act_kind k);
+/* Elementwise, same shape. In place allowed. */
+void op_add(struct backend *be, struct tensor *y, const struct tensor *a, const struct tensor *b);
+void op_mul(struct backend *be, struct tensor *y, const struct tensor *a, const struct tensor *b);
+/* y = x + (v * a) * b, evaluated in f32 in that order (Euler steps: the
+ * reference computes x + dt*v, or x + (v*dt)*1e-3 in RALU). */
+void op_axpy(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *v,
+             float a, float b);
+/* y = a*x + b*z. */
+void op_lincomb(struct backend *be, struct tensor *y, float a, const struct tensor *x, float b,
+                const struct tensor *z);
+/* y = neg + g * (pos - neg) (classifier-free guidance, reference order). */
+void op_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
+            const struct tensor *pos, float g);
+/* Scaled dot-product attention, blocked with an online softmax.
+ * q [B, Lq, H, D], k/v [B, Lk, H, D], o [B, Lq, H, D]: all F32, innermost
+ * contiguous, other strides free (q/k/v may be column blocks of a fused QKV
+ * buffer). Never materialises more than a tile of scores. */
+void op_attention(struct backend *be, struct tensor *o, const struct tensor *q,
+                  const struct tensor *k, const struct tensor *v, const struct attn_params *p);
+/* FLUX RoPE tables. ids [B, L, n_axes] F32 positions (any value);
+ * out [B, L, D/2, 2] F32 holds (cos, sin) per rotated pair, D = sum(axes_dims).
+ * Axis i contributes axes_dims[i]/2 pairs with frequency theta^(-2j/dim_i),
+ * computed in double. */
+void op_rope_freqs(struct backend *be, struct tensor *out, const struct tensor *ids,
+                   const int *axes_dims, int n_axes, float theta);
+/* Rotate adjacent pairs of x [B, L, H, D] in place with freqs [B, L, D/2, 2]:
+ * (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). */
+void op_rope_apply(struct backend *be, struct tensor *x, const struct tensor *freqs);
+/* Sinusoidal timestep embedding (diffusers get_timestep_embedding, in f32):
+ * y [B, dim]; t host float[B]; half = dim/2; freq_j = exp(-ln(1e4) j/(half-shift));
+ * emb = [sin(scale t f), cos(scale t f)], or [cos, sin] when flip. */
+void op_timestep_embed(struct backend *be, struct tensor *y, const float *t, bool flip,
+                       float freq_shift, float scale);
+/* SD3 2-D sin-cos position embedding at arbitrary positions.
+ * pos [B, N, 2] F32 = (row, col) in table coordinates; y [B, N, C].
+ * If table (any float dtype, [S*S, C]) is given and (row, col) are integers in [0, S),
+ * y = table[row*S + col]; otherwise the analytic formula with grid values
+ * (row*pos_scale, col*pos_scale): first C/2 channels encode col, last C/2
+ * encode row, each [sin(p w_j), cos(p w_j)], w_j = 1e4^(-j/(C/4)). */
+void op_sincos_pos_embed(struct backend *be, struct tensor *y, const struct tensor *pos,
+                         const struct tensor *table, int table_side, double pos_scale);
+/* x [B, C, H, W] -> y [B, (H/p)(W/p), C*p*p], tokens raster order, feature
+ * order (c, dy, dx). */
+void op_patchify(struct backend *be, struct tensor *y, const struct tensor *x, int p);
+/* x [B, (H/p)(W/p), C*p*p] -> y [B, C, H, W], feature order as given. */
+void op_unpatchify(struct backend *be, struct tensor *y, const struct tensor *x, int p,
+                   enum patch_order order);
+/* Per token, reorder features from (dy, dx, c) to (c, dy, dx):
+ * y[.., c*p*p + dy*p + dx] = x[.., (dy*p + dx)*C + c], C = width/(p*p).
+ * x, y [B, N, C*p*p]; not in place. (SD3's proj_out emits (p, q, c) while its
+ * patch embedding reads (c, p, q): this makes both sides of an Euler step
+ * agree on the token layout.) */
+void op_patch_reorder(struct backend *be, struct tensor *y, const struct tensor *x, int p);
+/* y[b, m] = x[b, idx[b, m]] ; idx [B, M] I32 on the backend. */
+void op_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x,
+                    const struct tensor *idx);
+/* y[b, idx[b, m]] = x[b, m]. */
+void op_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *x,
+                     const struct tensor *idx);
+
+/* Transfers (wrapped so the strict backend can police them). */
+int op_upload(struct backend *be, void *dst, const void *src, size_t n);
+int op_download(struct backend *be, void *dst, const void *src, size_t n);
+int op_sync(struct backend *be);
+
+#endif

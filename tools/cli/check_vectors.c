@@ -1,0 +1,503 @@
+/* tools/cli/check_vectors.c - `ralu check-vectors DIR`: run every golden case
+ * under DIR (layout of the shared test-vector README) that the engine
+ * supports and compare against the reference at the case's tolerance.
+ *
+ * One line per case: PASS/FAIL/SKIP, the kind, the worst relative error
+ * (max|ours - ref| / max|ref|) and the tolerance. With --single-file SDIR,
+ * transformer cases run a second time on the single-file conversion
+ * SDIR/<model>.safetensors (the case name gets a "@single-file" suffix). */
+#define LOG_MODULE "cli.check"
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "base/xalloc.h"
+#include "engine/ckpt_map.h"
+#include "engine/dit.h"
+#include "engine/json_util.h"
+#include "engine/safetensors.h"
+#include "kernels/ops.h"
+#include "tools/cli/check_vectors.h"
+#include "tools/cli/cli.h"
+
+struct model_entry {
+    char key[1024];
+    struct dit_config cfg;
+    struct wsrc *src;
+    struct dit *dit;
+    struct model_entry *next;
+};
+
+struct cv_ctx {
+    const struct cv_opts *o;
+    struct backend *be;
+    struct model_entry *models;
+};
+
+struct cv_case {
+    char name[256];
+    char kind[64];
+    char model_dir[1024];
+    char model_name[256];
+    json_t *cj;
+    struct st_file *st;
+    double atol, rtol;
+    bool single_file;
+};
+
+struct cv_result {
+    double worst_rel;  /* max over outputs of max|d| / max|ref| */
+    bool fail;
+    char note[512];
+};
+
+/* ------------------------------------------------------------ utilities */
+
+static int case_tensor(struct cv_case *c, const char *name, struct tensor *t, struct err_msg *em)
+{
+    if (st_find(c->st, name, t) != ERR_OK)
+        return err_set(em, ERR_NOTFOUND, "%s: tensor \"%s\" missing", c->name, name);
+    if (t->dtype != DTYPE_F32)
+        return err_set(em, ERR_FORMAT, "%s: tensor \"%s\" is %s, expected F32", c->name, name,
+                       dtype_name(t->dtype));
+    return ERR_OK;
+}
+
+/* Backend copy of host F32 data with the given shape. */
+static int upload(struct backend *be, const float *host, int ndim, const int64_t *ne,
+                  struct tensor *dev)
+{
+    int rc = backend_alloc_tensor(be, dev, DTYPE_F32, ndim, ne);
+    if (rc)
+        return rc;
+    return op_upload(be, dev->data, host, (size_t)tensor_nelem(dev) * 4);
+}
+
+static void compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                    const struct tensor *ref)
+{
+    int64_t n = tensor_nelem(ref);
+    const float *rv = ref->data;
+    double maxd = 0, maxr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)ours[i] - rv[i]);
+        if (!(d <= maxd)) /* NaN counts as a failure */
+            maxd = isnan(d) ? INFINITY : d;
+        maxr = fmax(maxr, fabs(rv[i]));
+    }
+    double rel = maxr > 0 ? maxd / maxr : maxd;
+    if (rel > r->worst_rel || isnan(rel))
+        r->worst_rel = rel;
+    if (!(maxd <= c->atol + c->rtol * maxr)) {
+        r->fail = true;
+        size_t k = strlen(r->note);
+        snprintf(r->note + k, sizeof r->note - k, "%s%s max|d|=%.3g > %.3g", k ? "; " : "", name,
+                 maxd, c->atol + c->rtol * maxr);
+    }
+}
+
+static int get_model(struct cv_ctx *x, struct cv_case *c, struct dit **out, struct err_msg *em)
+{
+    char key[1024], cfgpath[1200], dir[1100];
+    struct model_entry *e;
+    int rc;
+    snprintf(key, sizeof key, "%s%s", c->model_dir, c->single_file ? "@single" : "");
+    for (e = x->models; e; e = e->next)
+        if (strcmp(e->key, key) == 0) {
+            *out = e->dit;
+            return ERR_OK;
+        }
+    /* Test-vector transformer-only folders hold config.json at the top. */
+    snprintf(dir, sizeof dir, "%s/transformer", c->model_dir);
+    DIR *d = opendir(dir);
+    if (d)
+        closedir(d);
+    else
+        snprintf(dir, sizeof dir, "%s", c->model_dir);
+    snprintf(cfgpath, sizeof cfgpath, "%s/config.json", dir);
+    e = xcalloc(1, sizeof *e);
+    snprintf(e->key, sizeof e->key, "%s", key);
+    if ((rc = dit_config_load(&e->cfg, cfgpath, em)))
+        goto fail;
+    if (c->single_file) {
+        char sf[1400];
+        snprintf(sf, sizeof sf, "%s/%s.safetensors", x->o->single_dir, c->model_name);
+        rc = wsrc_open_file(&e->src, sf, ckpt_map_dit, &e->cfg, em);
+    } else {
+        rc = wsrc_open_dir(&e->src, dir, "diffusion_pytorch_model", em);
+    }
+    if (rc || (rc = dit_load(&e->dit, x->be, &e->cfg, e->src, em)))
+        goto fail;
+    e->next = x->models;
+    x->models = e;
+    *out = e->dit;
+    return ERR_OK;
+fail:
+    wsrc_close(e->src);
+    free(e);
+    return rc;
+}
+
+/* --------------------------------------------------------- transformers */
+
+static int run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                           struct err_msg *em)
+{
+    struct backend *be = x->be;
+    bool flux = strcmp(c->kind, "flux_transformer") == 0;
+    struct tensor hs, ehs, pooled, ts, sample, guid, img_ids, txt_ids;
+    struct tensor d_x = {0}, d_pos = {0}, d_txt = {0}, d_pool = {0}, d_tid = {0}, d_out = {0},
+                  d_img = {0};
+    struct dit *m = NULL;
+    struct dit_work *w = NULL;
+    float *pos = NULL, *host_out = NULL;
+    int rc;
+
+    if ((rc = case_tensor(c, "hidden_states", &hs, em)) ||
+        (rc = case_tensor(c, "encoder_hidden_states", &ehs, em)) ||
+        (rc = case_tensor(c, "pooled_projections", &pooled, em)) ||
+        (rc = case_tensor(c, "timestep", &ts, em)) || (rc = case_tensor(c, "sample", &sample, em)))
+        return rc;
+    if ((rc = get_model(x, c, &m, em)))
+        return rc;
+    const struct dit_config *cfg = dit_cfg(m);
+    int b = (int)hs.ne[0], t = (int)ehs.ne[1], n, tokw = dit_token_dim(cfg);
+    if (flux) {
+        if ((rc = case_tensor(c, "img_ids", &img_ids, em)) ||
+            (rc = case_tensor(c, "txt_ids", &txt_ids, em)))
+            return rc;
+        n = (int)hs.ne[1];
+    } else {
+        n = (int)(hs.ne[2] / cfg->patch_size * (hs.ne[3] / cfg->patch_size));
+    }
+    if ((rc = dit_work_new(&w, m, b, n, t)))
+        goto done;
+    rc = ERR_NOMEM;
+    pos = malloc((size_t)b * n * 3 * sizeof *pos);
+    host_out = malloc((size_t)tensor_nelem(&sample) * sizeof *host_out);
+    if (!pos || !host_out)
+        goto done;
+    if (flux) {
+        for (int i = 0; i < b; i++)
+            memcpy(pos + (size_t)i * n * 3, img_ids.data, (size_t)n * 3 * 4);
+        float *tid = malloc((size_t)b * t * 3 * 4);
+        if (!tid)
+            goto done;
+        for (int i = 0; i < b; i++)
+            memcpy(tid + (size_t)i * t * 3, txt_ids.data, (size_t)t * 3 * 4);
+        rc = upload(be, tid, 3, (int64_t[]){b, t, 3}, &d_tid);
+        free(tid);
+        if (rc || (rc = upload(be, hs.data, 3, (int64_t[]){b, n, tokw}, &d_x)) ||
+            (rc = upload(be, pos, 3, (int64_t[]){b, n, 3}, &d_pos)))
+            goto done;
+    } else {
+        int h = (int)(hs.ne[2] / cfg->patch_size), wd = (int)(hs.ne[3] / cfg->patch_size);
+        for (int i = 0; i < b; i++)
+            dit_sd3_grid_pos(m, h, wd, pos + (size_t)i * n * 2);
+        if ((rc = upload(be, hs.data, 4, hs.ne, &d_img)) ||
+            (rc = backend_alloc_tensor(be, &d_x, DTYPE_F32, 3, (int64_t[]){b, n, tokw})) ||
+            (rc = upload(be, pos, 3, (int64_t[]){b, n, 2}, &d_pos)))
+            goto done;
+        op_patchify(be, &d_x, &d_img, cfg->patch_size);
+    }
+    if ((rc = upload(be, ehs.data, 3, ehs.ne, &d_txt)) ||
+        (rc = upload(be, pooled.data, 2, pooled.ne, &d_pool)) ||
+        (rc = backend_alloc_tensor(be, &d_out, DTYPE_F32, 3, (int64_t[]){b, n, tokw})))
+        goto done;
+    struct dit_inputs in = {
+        .b = b, .n = n, .t = t, .x = &d_x, .pos = &d_pos, .txt = &d_txt,
+        .txt_ids = flux ? &d_tid : NULL, .pooled = &d_pool, .timestep = ts.data,
+    };
+    if (flux && case_tensor(c, "guidance", &guid, NULL) == ERR_OK)
+        in.guidance = guid.data;
+    if ((rc = dit_forward(m, w, &in, &d_out)))
+        goto done;
+    if (flux) {
+        rc = op_download(be, host_out, d_out.data, (size_t)tensor_nelem(&d_out) * 4);
+    } else {
+        op_unpatchify(be, &d_img, &d_out, cfg->patch_size, PATCH_CPQ);
+        rc = op_download(be, host_out, d_img.data, (size_t)tensor_nelem(&d_img) * 4);
+    }
+    if (rc)
+        goto done;
+    compare(c, r, "sample", host_out, &sample);
+done:
+    be->ops->free(be, d_x.data);
+    be->ops->free(be, d_pos.data);
+    be->ops->free(be, d_txt.data);
+    be->ops->free(be, d_pool.data);
+    be->ops->free(be, d_tid.data);
+    be->ops->free(be, d_out.data);
+    be->ops->free(be, d_img.data);
+    dit_work_free(w);
+    free(pos);
+    free(host_out);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- kinds */
+
+typedef int (*cv_run_fn)(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                         struct err_msg *em);
+
+static const struct {
+    const char *kind;
+    cv_run_fn run;
+    bool single_file; /* also run on the single-file conversion */
+} kinds[] = {
+    {"sd3_transformer", run_transformer, true},
+    {"flux_transformer", run_transformer, true},
+};
+
+
+static int find_kind(const char *k)
+{
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+        if (strcmp(kinds[i].kind, k) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void tally(struct cv_summary *s, const char *kind, int outcome)
+{
+    int i;
+    for (i = 0; i < s->n_kinds; i++)
+        if (strcmp(s->kinds[i].kind, kind) == 0)
+            break;
+    if (i == s->n_kinds) {
+        if (s->n_kinds == CV_MAX_KINDS)
+            return;
+        snprintf(s->kinds[i].kind, sizeof s->kinds[i].kind, "%s", kind);
+        s->n_kinds++;
+    }
+    if (outcome == 0) {
+        s->kinds[i].pass++;
+        s->pass++;
+    } else if (outcome == 1) {
+        s->kinds[i].fail++;
+        s->fail++;
+    } else {
+        s->kinds[i].skip++;
+        s->skip++;
+    }
+}
+
+static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, FILE *out)
+{
+    struct cv_result r = {0};
+    struct err_msg em = {{0}};
+    char label[300];
+    int k = find_kind(c->kind);
+    snprintf(label, sizeof label, "%s%s", c->name, c->single_file ? "@single-file" : "");
+    if (k < 0) {
+        fprintf(out, "SKIP  %-44s %-20s kind not supported by this build\n", label, c->kind);
+        tally(s, c->kind, 2);
+        return;
+    }
+    int rc = kinds[k].run(x, c, &r, &em);
+    if (rc == ERR_UNSUPPORTED) {
+        fprintf(out, "SKIP  %-44s %-20s %s\n", label, c->kind, em.text);
+        tally(s, c->kind, 2);
+    } else if (rc) {
+        fprintf(out, "FAIL  %-44s %-20s error: %s\n", label, c->kind,
+                em.text[0] ? em.text : err_str(rc));
+        tally(s, c->kind, 1);
+    } else {
+        fprintf(out, "%s  %-44s %-20s rel=%.2e (atol=%g rtol=%g)%s%s\n", r.fail ? "FAIL" : "PASS",
+                label, c->kind, r.worst_rel, c->atol, c->rtol, r.note[0] ? " " : "", r.note);
+        tally(s, c->kind, r.fail ? 1 : 0);
+    }
+    fflush(out);
+}
+
+static int load_case(struct cv_case *c, const char *dir, const char *name, struct err_msg *em)
+{
+    char p[1400];
+    const char *kind, *model;
+    json_t *tol;
+    int rc;
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(p, sizeof p, "%s/cases/%s/case.json", dir, name);
+    if ((rc = ju_load(&c->cj, p, em)))
+        return rc;
+    if ((rc = ju_str(c->cj, "kind", &kind, p, em)) || (rc = ju_str(c->cj, "model", &model, p, em)))
+        return rc;
+    if (!kind)
+        return err_set(em, ERR_FORMAT, "%s: missing \"kind\"", p);
+    snprintf(c->kind, sizeof c->kind, "%s", kind);
+    if (model) {
+        const char *base = strrchr(model, '/');
+        snprintf(c->model_dir, sizeof c->model_dir, "%s/%s", dir, model);
+        snprintf(c->model_name, sizeof c->model_name, "%s", base ? base + 1 : model);
+    }
+    tol = json_object_get(c->cj, "tolerance");
+    c->atol = 0;
+    c->rtol = 0;
+    if (json_is_object(tol)) {
+        if ((rc = ju_num(tol, "atol", 0, &c->atol, p, em)) ||
+            (rc = ju_num(tol, "rtol", 0, &c->rtol, p, em)))
+            return rc;
+    }
+    snprintf(p, sizeof p, "%s/cases/%s/tensors.safetensors", dir, name);
+    return st_open(&c->st, p, em);
+}
+
+static void free_case(struct cv_case *c)
+{
+    json_decref(c->cj);
+    st_close(c->st);
+    c->cj = NULL;
+    c->st = NULL;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Case names from DIR/cases (sorted). */
+static int list_cases(const char *dir, char ***names, int *n)
+{
+    char p[1100];
+    snprintf(p, sizeof p, "%s/cases", dir);
+    DIR *d = opendir(p);
+    if (!d)
+        return ERR_NOTFOUND;
+    struct dirent *de;
+    int cap = 0;
+    *n = 0;
+    *names = NULL;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char cj[1400];
+        snprintf(cj, sizeof cj, "%s/%s/case.json", p, de->d_name);
+        FILE *f = fopen(cj, "r");
+        if (!f)
+            continue;
+        fclose(f);
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 64;
+            *names = xrealloc(*names, (size_t)cap * sizeof **names);
+        }
+        (*names)[(*n)++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    qsort(*names, (size_t)*n, sizeof **names, cmp_str);
+    return ERR_OK;
+}
+
+int cv_run(const struct cv_opts *o, struct cv_summary *s, FILE *out)
+{
+    struct cv_ctx x = {.o = o};
+    struct backend_opts bo = {.n_threads = o->threads > 0 ? o->threads : 1,
+                              .matmul_mode = o->matmul_mode,
+                              .strict = o->strict};
+    char **names = NULL;
+    int n = 0, rc;
+    memset(s, 0, sizeof *s);
+    if ((rc = list_cases(o->dir, &names, &n))) {
+        fprintf(out, "check-vectors: %s/cases: no such directory\n", o->dir);
+        return rc;
+    }
+    if ((rc = backend_new(&x.be, "cpu", &bo))) {
+        fprintf(out, "check-vectors: cannot create the cpu backend: %s\n", err_str(rc));
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        struct cv_case c;
+        struct err_msg em = {{0}};
+        if (o->filter && !strstr(names[i], o->filter))
+            continue;
+        if ((rc = load_case(&c, o->dir, names[i], &em))) {
+            fprintf(out, "FAIL  %-44s %-20s error: %s\n", names[i], "?", em.text);
+            tally(s, "unreadable", 1);
+            free_case(&c);
+            continue;
+        }
+        run_one(&x, &c, s, out);
+        int k = find_kind(c.kind);
+        if (o->single_dir && k >= 0 && kinds[k].single_file) {
+            c.single_file = true;
+            run_one(&x, &c, s, out);
+        }
+        free_case(&c);
+    }
+    rc = ERR_OK;
+done:
+    while (x.models) {
+        struct model_entry *e = x.models;
+        x.models = e->next;
+        dit_free(e->dit);
+        wsrc_close(e->src);
+        free(e);
+    }
+    backend_free(x.be);
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: ralu check-vectors DIR [--threads N] [--bf16] [--strict]\n"
+            "                             [--single-file SDIR] [--filter SUBSTR]\n"
+            "  DIR             a test-vector tree (DIR/cases/<case>/case.json, DIR/models/...)\n"
+            "  --threads N     CPU threads (default 1)\n"
+            "  --bf16          bf16-compute matmuls (the cases' fp32 tolerances still apply)\n"
+            "  --strict        activation memory is PROT_NONE outside backend ops\n"
+            "  --single-file S also run transformer cases on S/<model>.safetensors\n"
+            "  --filter SUB    only cases whose name contains SUB\n");
+}
+
+int cli_check_vectors(int argc, char **argv)
+{
+    struct cv_opts o = {.threads = 1};
+    struct cv_summary s;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--threads") == 0 && i + 1 < argc) {
+            o.threads = atoi(argv[++i]);
+            if (o.threads < 1 || o.threads > 256) {
+                fprintf(stderr, "ralu check-vectors: --threads must be 1..256\n");
+                return 2;
+            }
+        } else if (strcmp(a, "--bf16") == 0) {
+            o.matmul_mode = MATMUL_BF16;
+        } else if (strcmp(a, "--strict") == 0) {
+            o.strict = true;
+        } else if (strcmp(a, "--single-file") == 0 && i + 1 < argc) {
+            o.single_dir = argv[++i];
+        } else if (strcmp(a, "--filter") == 0 && i + 1 < argc) {
+            o.filter = argv[++i];
+        } else if (a[0] == '-' || o.dir) {
+            fprintf(stderr, "ralu check-vectors: unexpected argument \"%s\"\n", a);
+            usage(stderr);
+            return 2;
+        } else {
+            o.dir = a;
+        }
+    }
+    if (!o.dir) {
+        usage(stderr);
+        return 2;
+    }
+    if (cv_run(&o, &s, stdout))
+        return 1;
+    printf("\nby kind:\n");
+    for (int i = 0; i < s.n_kinds; i++)
+        printf("  %-22s %3d passed %3d failed %3d skipped\n", s.kinds[i].kind, s.kinds[i].pass,
+               s.kinds[i].fail, s.kinds[i].skip);
+    printf("check-vectors: %d passed, %d failed, %d skipped\n", s.pass, s.fail, s.skip);
+    return s.fail ? 1 : 0;
+}
