@@ -14,6 +14,15 @@
 #define CPU_SCRATCH_BYTES ((size_t)8 << 20)
 
 struct pool *cpu_pool(struct backend *be);
+/* Rows per task for a row-parallel op: enough elements per task (about 16k)
+ * to amortise the hand-off between threads. */
+static inline int64_t cpu_rows_per_task(int64_t rows, int64_t cols)
+{
+    int64_t per = (16384 + cols - 1) / (cols > 0 ? cols : 1);
+    if (per < 1)
+        per = 1;
+    return per < rows ? per : (rows > 0 ? rows : 1);
+}
 /* 64-byte aligned scratch of CPU_SCRATCH_BYTES owned by pool thread `thread`. */
 void *cpu_scratch(struct backend *be, int thread);
 

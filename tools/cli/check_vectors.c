@@ -399,20 +399,20 @@ static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, F
     int k = find_kind(c->kind);
     snprintf(label, sizeof label, "%s%s", c->name, c->single_file ? "@single-file" : "");
     if (k < 0) {
-        fprintf(out, "SKIP  %-44s %-20s kind not supported by this build\n", label, c->kind);
+        fprintf(out, "SKIP  %-50s %-20s kind not supported by this build\n", label, c->kind);
         tally(s, c->kind, 2);
         return;
     }
     int rc = kinds[k].run(x, c, &r, &em);
     if (rc == ERR_UNSUPPORTED) {
-        fprintf(out, "SKIP  %-44s %-20s %s\n", label, c->kind, em.text);
+        fprintf(out, "SKIP  %-50s %-20s %s\n", label, c->kind, em.text);
         tally(s, c->kind, 2);
     } else if (rc) {
-        fprintf(out, "FAIL  %-44s %-20s error: %s\n", label, c->kind,
+        fprintf(out, "FAIL  %-50s %-20s error: %s\n", label, c->kind,
                 em.text[0] ? em.text : err_str(rc));
         tally(s, c->kind, 1);
     } else {
-        fprintf(out, "%s  %-44s %-20s rel=%.2e (atol=%g rtol=%g)%s%s\n", r.fail ? "FAIL" : "PASS",
+        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s\n", r.fail ? "FAIL" : "PASS",
                 label, c->kind, r.worst_rel, c->atol, c->rtol, r.note[0] ? " " : "", r.note);
         tally(s, c->kind, r.fail ? 1 : 0);
     }
@@ -520,7 +520,7 @@ int cv_run(const struct cv_opts *o, struct cv_summary *s, FILE *out)
         if (o->filter && !strstr(names[i], o->filter))
             continue;
         if ((rc = load_case(&c, o->dir, names[i], &em))) {
-            fprintf(out, "FAIL  %-44s %-20s error: %s\n", names[i], "?", em.text);
+            fprintf(out, "FAIL  %-50s %-20s error: %s\n", names[i], "?", em.text);
             tally(s, "unreadable", 1);
             free_case(&c);
             continue;
