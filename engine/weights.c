@@ -145,5 +145,14 @@ int wsrc_get(struct wsrc *w, const char *name, struct tensor *out, struct err_ms
 bool wsrc_has(struct wsrc *w, const char *name)
 {
     struct tensor t;
-    return wsrc_get(w, name, &t, NULL) == ERR_OK;
+    if (!w->map)
+        return st_set_find(w->set, name, &t) == ERR_OK;
+    struct wmap_seg segs[WMAP_MAX_SEGS];
+    int nseg = 0;
+    if (w->map(w->map_ctx, name, segs, &nseg) || nseg == 0)
+        return false;
+    for (int i = 0; i < nseg; i++)
+        if (find_src(w, segs[i].src, &t) != ERR_OK)
+            return false;
+    return true;
 }
