@@ -210,7 +210,7 @@ cmd_test() {
         say "fuzz smoke: tests/fuzz/run.sh (FUZZ_SECONDS=$FUZZ_SECONDS, cap ${FUZZ_TIMEOUT}s)"
         local rc=0
         FUZZ_SECONDS=$FUZZ_SECONDS RALUD_JOBS=$JOBS \
-            timeout --kill-after=15 "$FUZZ_TIMEOUT" bash tests/fuzz/run.sh || rc=$?
+            timeout --kill-after=15 "$FUZZ_TIMEOUT" bash tests/fuzz/run.sh "$FUZZ_SECONDS" || rc=$?
         if ((rc == 0)); then
             N_PASSED=$((N_PASSED + 1))
             record "fuzz smoke" ok "${FUZZ_SECONDS}s budget"
