@@ -40,6 +40,9 @@ struct attn_params {
     const struct tensor *kmask; /* NULL or [B, Lk] U8: 0 = key masked out */
     const int *klens;     /* NULL or host int[B]: keys >= klens[b] are ignored */
     const int *qlens;     /* NULL or host int[B]: query rows >= qlens[b] are written as 0 */
+    bool causal;          /* key j > query i is masked (CLIP text encoder) */
+    const struct tensor *bias; /* NULL or [H, Lq, Lk] F32 added to the scaled scores
+                                * (T5 relative position bias), shared by the batch */
 };
 
 struct backend_ops {
@@ -96,6 +99,16 @@ struct backend_ops {
     void (*patchify)(struct backend *be, struct tensor *y, const struct tensor *x, int p);
     void (*unpatchify)(struct backend *be, struct tensor *y, const struct tensor *x, int p,
                        enum patch_order order);
+    void (*conv2d)(struct backend *be, struct tensor *y, const struct tensor *x,
+                   const struct tensor *w, const struct tensor *bias, int stride,
+                   const int pad[4]);
+    void (*group_norm)(struct backend *be, struct tensor *y, const struct tensor *x,
+                       const struct tensor *w, const struct tensor *b, int groups, float eps,
+                       bool silu);
+    void (*upsample2x)(struct backend *be, struct tensor *y, const struct tensor *x);
+    void (*transpose)(struct backend *be, struct tensor *y, const struct tensor *x);
+    void (*embed_rows)(struct backend *be, struct tensor *y, const struct tensor *table,
+                       const int32_t *ids);
     void (*patch_reorder)(struct backend *be, struct tensor *y, const struct tensor *x, int p);
     void (*gather_rows)(struct backend *be, struct tensor *y, const struct tensor *x,
                         const struct tensor *idx);

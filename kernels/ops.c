@@ -148,6 +148,10 @@ void op_attention(struct backend *be, struct tensor *o, const struct tensor *q,
     if (p->qlens)
         for (int64_t b = 0; b < q->ne[0]; b++)
             A(p->qlens[b] >= 0 && p->qlens[b] <= q->ne[1]);
+    if (p->bias)
+        A(is_f32(p->bias) && tensor_is_contiguous(p->bias) && p->bias->ndim == 3 &&
+          p->bias->ne[0] == q->ne[2] && p->bias->ne[1] == q->ne[1] &&
+          p->bias->ne[2] == k->ne[1]);
     CALL(be, attention, o, q, k, v, p);
 }
 
@@ -218,6 +222,62 @@ void op_patch_reorder(struct backend *be, struct tensor *y, const struct tensor 
     A(is_f32(x) && is_f32(y) && tensor_same_shape(x, y) && x->ndim == 3 && p >= 1);
     A(x->ne[2] % (p * p) == 0 && x->data != y->data);
     CALL(be, patch_reorder, y, x, p);
+}
+
+void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
+               const struct tensor *w, const struct tensor *bias, int stride, const int pad[4])
+{
+    A(is_f32(x) && is_f32(y) && x->ndim == 4 && y->ndim == 4 && tensor_is_contiguous(x) &&
+      tensor_is_contiguous(y));
+    A(w->ndim == 4 && dtype_is_float(w->dtype) && tensor_is_contiguous(w));
+    A(w->ne[1] == x->ne[3] && w->ne[0] == y->ne[3] && x->ne[0] == y->ne[0] && stride >= 1);
+    A(pad[0] >= 0 && pad[1] >= 0 && pad[2] >= 0 && pad[3] >= 0);
+    A(y->ne[1] == (x->ne[1] + pad[0] + pad[1] - w->ne[2]) / stride + 1);
+    A(y->ne[2] == (x->ne[2] + pad[2] + pad[3] - w->ne[3]) / stride + 1);
+    if (bias)
+        A(is_f32(bias) && tensor_nelem(bias) == w->ne[0]);
+    CALL(be, conv2d, y, x, w, bias, stride, pad);
+}
+
+void op_group_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                   const struct tensor *w, const struct tensor *b, int groups, float eps,
+                   bool silu)
+{
+    A(is_f32(x) && is_f32(y) && tensor_same_shape(x, y) && x->ndim == 4 &&
+      tensor_is_contiguous(x) && tensor_is_contiguous(y));
+    A(groups >= 1 && x->ne[3] % groups == 0);
+    if (w)
+        A(is_f32(w) && tensor_nelem(w) == x->ne[3]);
+    if (b)
+        A(is_f32(b) && tensor_nelem(b) == x->ne[3]);
+    CALL(be, group_norm, y, x, w, b, groups, eps, silu);
+}
+
+void op_upsample2x(struct backend *be, struct tensor *y, const struct tensor *x)
+{
+    A(is_f32(x) && is_f32(y) && x->ndim == 4 && y->ndim == 4 && tensor_is_contiguous(x) &&
+      tensor_is_contiguous(y));
+    A(y->ne[0] == x->ne[0] && y->ne[1] == 2 * x->ne[1] && y->ne[2] == 2 * x->ne[2] &&
+      y->ne[3] == x->ne[3]);
+    CALL(be, upsample2x, y, x);
+}
+
+void op_transpose(struct backend *be, struct tensor *y, const struct tensor *x)
+{
+    A(is_f32(x) && is_f32(y) && x->ndim == 3 && y->ndim == 3 && tensor_is_contiguous(x) &&
+      tensor_is_contiguous(y) && x->data != y->data);
+    A(y->ne[0] == x->ne[0] && y->ne[1] == x->ne[2] && y->ne[2] == x->ne[1]);
+    CALL(be, transpose, y, x);
+}
+
+void op_embed_rows(struct backend *be, struct tensor *y, const struct tensor *table,
+                   const int32_t *ids)
+{
+    A(is_f32(y) && y->ndim == 2 && table->ndim == 2 && dtype_is_float(table->dtype) &&
+      tensor_is_contiguous(table) && table->ne[1] == y->ne[1]);
+    for (int64_t i = 0; i < y->ne[0]; i++)
+        A(ids[i] >= 0 && ids[i] < table->ne[0]);
+    CALL(be, embed_rows, y, table, ids);
 }
 
 static void check_rows_idx(const struct tensor *big, const struct tensor *small,

@@ -102,6 +102,31 @@ void op_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x
 void op_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *x,
                      const struct tensor *idx);
 
+/* ---- image and text-encoder ops ----
+ * Images are NHWC ([B, H, W, C], channels innermost) inside the engine: a
+ * convolution is then an implicit GEMM over (ky, kx, c) patches. */
+/* 2-D convolution. x [B, H, W, Cin], w [Cout, Cin, kh, kw] (torch layout,
+ * any float dtype), bias [Cout] F32 or NULL, y [B, Ho, Wo, Cout] with
+ * Ho = (H + pad[0] + pad[1] - kh) / stride + 1 (pad = top, bottom, left,
+ * right; zero padding), likewise Wo. */
+void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
+               const struct tensor *w, const struct tensor *bias, int stride, const int pad[4]);
+/* GroupNorm over x [B, H, W, C] (statistics per sample and group of C/groups
+ * channels, over all pixels), affine w, b [C] F32, then SiLU when silu.
+ * In place allowed. */
+void op_group_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                   const struct tensor *w, const struct tensor *b, int groups, float eps,
+                   bool silu);
+/* Nearest 2x upsampling: x [B, H, W, C] -> y [B, 2H, 2W, C]. */
+void op_upsample2x(struct backend *be, struct tensor *y, const struct tensor *x);
+/* y [B, N, M] = x [B, M, N] transposed per sample (NCHW <-> NHWC with
+ * M = C, N = H*W). Not in place. */
+void op_transpose(struct backend *be, struct tensor *y, const struct tensor *x);
+/* y [N, C] F32 = table[ids[i]] (table [V, C] any float dtype, scale
+ * applied); ids is a host array of N values in [0, V). */
+void op_embed_rows(struct backend *be, struct tensor *y, const struct tensor *table,
+                   const int32_t *ids);
+
 /* Transfers (wrapped so the strict backend can police them). */
 int op_upload(struct backend *be, void *dst, const void *src, size_t n);
 int op_download(struct backend *be, void *dst, const void *src, size_t n);

@@ -60,6 +60,15 @@ void cpu_sincos_pos_embed(struct backend *be, struct tensor *y, const struct ten
 void cpu_patchify(struct backend *be, struct tensor *y, const struct tensor *x, int p);
 void cpu_unpatchify(struct backend *be, struct tensor *y, const struct tensor *x, int p,
                     enum patch_order order);
+void cpu_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
+                const struct tensor *w, const struct tensor *bias, int stride, const int pad[4]);
+void cpu_group_norm(struct backend *be, struct tensor *y, const struct tensor *x,
+                    const struct tensor *w, const struct tensor *b, int groups, float eps,
+                    bool silu);
+void cpu_upsample2x(struct backend *be, struct tensor *y, const struct tensor *x);
+void cpu_transpose(struct backend *be, struct tensor *y, const struct tensor *x);
+void cpu_embed_rows(struct backend *be, struct tensor *y, const struct tensor *table,
+                    const int32_t *ids);
 void cpu_patch_reorder(struct backend *be, struct tensor *y, const struct tensor *x, int p);
 void cpu_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x,
                      const struct tensor *idx);

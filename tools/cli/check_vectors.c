@@ -23,42 +23,12 @@
 #include "engine/schedule.h"
 #include "kernels/ops.h"
 #include "tools/cli/check_vectors.h"
+#include "tools/cli/cv_internal.h"
 #include "tools/cli/cli.h"
-
-struct model_entry {
-    char key[1024];
-    struct dit_config cfg;
-    struct wsrc *src;
-    struct dit *dit;
-    struct model_entry *next;
-};
-
-struct cv_ctx {
-    const struct cv_opts *o;
-    struct backend *be;
-    struct model_entry *models;
-};
-
-struct cv_case {
-    char name[256];
-    char kind[64];
-    char model_dir[1024];
-    char model_name[256];
-    json_t *cj;
-    struct st_file *st;
-    double atol, rtol;
-    bool single_file;
-};
-
-struct cv_result {
-    double worst_rel;  /* max over outputs of max|d| / max|ref| */
-    bool fail;
-    char note[512];
-};
 
 /* ------------------------------------------------------------ utilities */
 
-static int case_tensor(struct cv_case *c, const char *name, struct tensor *t, struct err_msg *em)
+int cv_case_tensor(struct cv_case *c, const char *name, struct tensor *t, struct err_msg *em)
 {
     if (st_find(c->st, name, t) != ERR_OK)
         return err_set(em, ERR_NOTFOUND, "%s: tensor \"%s\" missing", c->name, name);
@@ -69,7 +39,7 @@ static int case_tensor(struct cv_case *c, const char *name, struct tensor *t, st
 }
 
 /* Backend copy of host F32 data with the given shape. */
-static int upload(struct backend *be, const float *host, int ndim, const int64_t *ne,
+int cv_upload(struct backend *be, const float *host, int ndim, const int64_t *ne,
                   struct tensor *dev)
 {
     int rc = backend_alloc_tensor(be, dev, DTYPE_F32, ndim, ne);
@@ -78,7 +48,22 @@ static int upload(struct backend *be, const float *host, int ndim, const int64_t
     return op_upload(be, dev->data, host, (size_t)tensor_nelem(dev) * 4);
 }
 
-static void compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+int cv_download(struct backend *be, const struct tensor *dev, float **host)
+{
+    size_t n = (size_t)tensor_nelem(dev) * 4;
+    float *h = malloc(n ? n : 4);
+    if (!h)
+        return ERR_NOMEM;
+    int rc = op_download(be, h, dev->data, n);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    *host = h;
+    return ERR_OK;
+}
+
+void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
                     const struct tensor *ref)
 {
     int64_t n = tensor_nelem(ref);
@@ -101,261 +86,17 @@ static void compare(struct cv_case *c, struct cv_result *r, const char *name, co
     }
 }
 
-static int get_model(struct cv_ctx *x, struct cv_case *c, struct dit **out, struct err_msg *em)
-{
-    char key[1024], cfgpath[1200], dir[1100];
-    struct model_entry *e;
-    int rc;
-    snprintf(key, sizeof key, "%s%s", c->model_dir, c->single_file ? "@single" : "");
-    for (e = x->models; e; e = e->next)
-        if (strcmp(e->key, key) == 0) {
-            *out = e->dit;
-            return ERR_OK;
-        }
-    /* Test-vector transformer-only folders hold config.json at the top. */
-    snprintf(dir, sizeof dir, "%s/transformer", c->model_dir);
-    DIR *d = opendir(dir);
-    if (d)
-        closedir(d);
-    else
-        snprintf(dir, sizeof dir, "%s", c->model_dir);
-    snprintf(cfgpath, sizeof cfgpath, "%s/config.json", dir);
-    e = xcalloc(1, sizeof *e);
-    snprintf(e->key, sizeof e->key, "%s", key);
-    if ((rc = dit_config_load(&e->cfg, cfgpath, em)))
-        goto fail;
-    if (c->single_file) {
-        char sf[1400];
-        snprintf(sf, sizeof sf, "%s/%s.safetensors", x->o->single_dir, c->model_name);
-        rc = wsrc_open_file(&e->src, sf, ckpt_map_dit, &e->cfg, em);
-    } else {
-        rc = wsrc_open_dir(&e->src, dir, "diffusion_pytorch_model", em);
-    }
-    if (rc || (rc = dit_load(&e->dit, x->be, &e->cfg, e->src, em)))
-        goto fail;
-    e->next = x->models;
-    x->models = e;
-    *out = e->dit;
-    return ERR_OK;
-fail:
-    wsrc_close(e->src);
-    free(e);
-    return rc;
-}
-
-/* --------------------------------------------------------- transformers */
-
-static int run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                           struct err_msg *em)
-{
-    struct backend *be = x->be;
-    bool flux = strcmp(c->kind, "flux_transformer") == 0;
-    struct tensor hs, ehs, pooled, ts, sample, guid, img_ids, txt_ids;
-    struct tensor d_x = {0}, d_pos = {0}, d_txt = {0}, d_pool = {0}, d_tid = {0}, d_out = {0},
-                  d_img = {0};
-    struct dit *m = NULL;
-    struct dit_work *w = NULL;
-    float *pos = NULL, *host_out = NULL;
-    int rc;
-
-    if ((rc = case_tensor(c, "hidden_states", &hs, em)) ||
-        (rc = case_tensor(c, "encoder_hidden_states", &ehs, em)) ||
-        (rc = case_tensor(c, "pooled_projections", &pooled, em)) ||
-        (rc = case_tensor(c, "timestep", &ts, em)) || (rc = case_tensor(c, "sample", &sample, em)))
-        return rc;
-    if ((rc = get_model(x, c, &m, em)))
-        return rc;
-    const struct dit_config *cfg = dit_cfg(m);
-    int b = (int)hs.ne[0], t = (int)ehs.ne[1], n, tokw = dit_token_dim(cfg);
-    if (flux) {
-        if ((rc = case_tensor(c, "img_ids", &img_ids, em)) ||
-            (rc = case_tensor(c, "txt_ids", &txt_ids, em)))
-            return rc;
-        n = (int)hs.ne[1];
-    } else {
-        n = (int)(hs.ne[2] / cfg->patch_size * (hs.ne[3] / cfg->patch_size));
-    }
-    if ((rc = dit_work_new(&w, m, b, n, t)))
-        goto done;
-    rc = ERR_NOMEM;
-    pos = malloc((size_t)b * n * 3 * sizeof *pos);
-    host_out = malloc((size_t)tensor_nelem(&sample) * sizeof *host_out);
-    if (!pos || !host_out)
-        goto done;
-    if (flux) {
-        for (int i = 0; i < b; i++)
-            memcpy(pos + (size_t)i * n * 3, img_ids.data, (size_t)n * 3 * 4);
-        float *tid = malloc((size_t)b * t * 3 * 4);
-        if (!tid)
-            goto done;
-        for (int i = 0; i < b; i++)
-            memcpy(tid + (size_t)i * t * 3, txt_ids.data, (size_t)t * 3 * 4);
-        rc = upload(be, tid, 3, (int64_t[]){b, t, 3}, &d_tid);
-        free(tid);
-        if (rc || (rc = upload(be, hs.data, 3, (int64_t[]){b, n, tokw}, &d_x)) ||
-            (rc = upload(be, pos, 3, (int64_t[]){b, n, 3}, &d_pos)))
-            goto done;
-    } else {
-        int h = (int)(hs.ne[2] / cfg->patch_size), wd = (int)(hs.ne[3] / cfg->patch_size);
-        for (int i = 0; i < b; i++)
-            dit_sd3_grid_pos(m, h, wd, pos + (size_t)i * n * 2);
-        if ((rc = upload(be, hs.data, 4, hs.ne, &d_img)) ||
-            (rc = backend_alloc_tensor(be, &d_x, DTYPE_F32, 3, (int64_t[]){b, n, tokw})) ||
-            (rc = upload(be, pos, 3, (int64_t[]){b, n, 2}, &d_pos)))
-            goto done;
-        op_patchify(be, &d_x, &d_img, cfg->patch_size);
-    }
-    if ((rc = upload(be, ehs.data, 3, ehs.ne, &d_txt)) ||
-        (rc = upload(be, pooled.data, 2, pooled.ne, &d_pool)) ||
-        (rc = backend_alloc_tensor(be, &d_out, DTYPE_F32, 3, (int64_t[]){b, n, tokw})))
-        goto done;
-    struct dit_inputs in = {
-        .b = b, .n = n, .t = t, .x = &d_x, .pos = &d_pos, .txt = &d_txt,
-        .txt_ids = flux ? &d_tid : NULL, .pooled = &d_pool, .timestep = ts.data,
-    };
-    if (flux && case_tensor(c, "guidance", &guid, NULL) == ERR_OK)
-        in.guidance = guid.data;
-    if ((rc = dit_forward(m, w, &in, &d_out)))
-        goto done;
-    if (flux) {
-        rc = op_download(be, host_out, d_out.data, (size_t)tensor_nelem(&d_out) * 4);
-    } else {
-        op_unpatchify(be, &d_img, &d_out, cfg->patch_size, PATCH_CPQ);
-        rc = op_download(be, host_out, d_img.data, (size_t)tensor_nelem(&d_img) * 4);
-    }
-    if (rc)
-        goto done;
-    compare(c, r, "sample", host_out, &sample);
-done:
-    be->ops->free(be, d_x.data);
-    be->ops->free(be, d_pos.data);
-    be->ops->free(be, d_txt.data);
-    be->ops->free(be, d_pool.data);
-    be->ops->free(be, d_tid.data);
-    be->ops->free(be, d_out.data);
-    be->ops->free(be, d_img.data);
-    dit_work_free(w);
-    free(pos);
-    free(host_out);
-    return rc;
-}
-
-/* ------------------------------------------------------------ scheduler */
-
-static void compare_sched(struct cv_case *c, struct cv_result *r, const char *name,
-                          const float *ours, int n, struct err_msg *em, int *rc)
-{
-    struct tensor ref;
-    if (*rc)
-        return;
-    if ((*rc = case_tensor(c, name, &ref, em)))
-        return;
-    if (tensor_nelem(&ref) != n) {
-        *rc = err_set(em, ERR_MISMATCH, "%s: %s has %lld values, we made %d", c->name, name,
-                      (long long)tensor_nelem(&ref), n);
-        return;
-    }
-    compare(c, r, name, ours, &ref);
-}
-
-static int run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                         struct err_msg *em)
-{
-    json_t *params = json_object_get(c->cj, "params"), *v;
-    struct schedule_config sd3, flux;
-    struct schedule s;
-    size_t i;
-    int rc = ERR_OK;
-    char name[128];
-    (void)x;
-    schedule_config_default(&sd3);
-    sd3.shift = 3.0;
-    schedule_config_default(&flux);
-    flux.use_dynamic_shifting = true;
-    json_array_foreach(json_object_get(params, "sd3"), i, v)
-    {
-        int n = (int)json_integer_value(v);
-        if (schedule_make(&s, &sd3, n, 0))
-            return err_set(em, ERR_INVAL, "bad step count %d", n);
-        snprintf(name, sizeof name, "sd3_n%d_timesteps", n);
-        compare_sched(c, r, name, s.timesteps, n, em, &rc);
-        snprintf(name, sizeof name, "sd3_n%d_sigmas", n);
-        compare_sched(c, r, name, s.sigmas, n + 1, em, &rc);
-    }
-    json_array_foreach(json_object_get(params, "flux"), i, v)
-    {
-        int n = (int)json_integer_value(json_object_get(v, "n"));
-        int seq = (int)json_integer_value(json_object_get(v, "seq"));
-        double mu = schedule_mu(&flux, seq);
-        if (fabs(mu - json_number_value(json_object_get(v, "mu"))) > 1e-12)
-            return err_set(em, ERR_MISMATCH, "mu(%d) = %.17g, reference %.17g", seq, mu,
-                           json_number_value(json_object_get(v, "mu")));
-        if (schedule_make(&s, &flux, n, mu))
-            return err_set(em, ERR_INVAL, "bad step count %d", n);
-        snprintf(name, sizeof name, "flux_n%d_seq%d_timesteps", n, seq);
-        compare_sched(c, r, name, s.timesteps, n, em, &rc);
-        snprintf(name, sizeof name, "flux_n%d_seq%d_sigmas", n, seq);
-        compare_sched(c, r, name, s.sigmas, n + 1, em, &rc);
-    }
-    return rc;
-}
-
-/* SD3 schedule (shift 3, 4 steps), one Euler step from each sigma, as a
- * backend op. */
-static int run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                              struct err_msg *em)
-{
-    struct backend *be = x->be;
-    struct tensor smp, mo, d_s = {0}, d_v = {0}, d_y = {0};
-    struct schedule_config cfg;
-    struct schedule s;
-    float *host = NULL;
-    int rc;
-    if ((rc = case_tensor(c, "sample", &smp, em)) || (rc = case_tensor(c, "model_output", &mo, em)))
-        return rc;
-    schedule_config_default(&cfg);
-    cfg.shift = 3.0;
-    schedule_make(&s, &cfg, 4, 0);
-    rc = ERR_NOMEM;
-    if (!(host = malloc((size_t)tensor_nelem(&smp) * 4)))
-        goto done;
-    if ((rc = upload(be, smp.data, smp.ndim, smp.ne, &d_s)) ||
-        (rc = upload(be, mo.data, mo.ndim, mo.ne, &d_v)) ||
-        (rc = backend_alloc_tensor(be, &d_y, DTYPE_F32, smp.ndim, smp.ne)))
-        goto done;
-    for (int k = 0; k < 4; k++) {
-        char name[64];
-        struct tensor ref;
-        op_axpy(be, &d_y, &d_s, &d_v, s.sigmas[k + 1] - s.sigmas[k], 1.0f);
-        if ((rc = op_download(be, host, d_y.data, (size_t)tensor_nelem(&smp) * 4)))
-            goto done;
-        snprintf(name, sizeof name, "prev_sample_step%d", k);
-        if ((rc = case_tensor(c, name, &ref, em)))
-            goto done;
-        compare(c, r, name, host, &ref);
-    }
-done:
-    be->ops->free(be, d_s.data);
-    be->ops->free(be, d_v.data);
-    be->ops->free(be, d_y.data);
-    free(host);
-    return rc;
-}
-
 /* ---------------------------------------------------------------- kinds */
-
-typedef int (*cv_run_fn)(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                         struct err_msg *em);
 
 static const struct {
     const char *kind;
     cv_run_fn run;
     bool single_file; /* also run on the single-file conversion */
 } kinds[] = {
-    {"sd3_transformer", run_transformer, true},
-    {"flux_transformer", run_transformer, true},
-    {"scheduler", run_scheduler, false},
-    {"scheduler_step", run_scheduler_step, false},
+    {"sd3_transformer", cv_run_transformer, true},
+    {"flux_transformer", cv_run_transformer, true},
+    {"scheduler", cv_run_scheduler, false},
+    {"scheduler_step", cv_run_scheduler_step, false},
 };
 
 

@@ -1,0 +1,67 @@
+/* tools/cli/cv_internal.h - shared pieces of the check-vectors runner: the
+ * case being run, result accumulation, host<->backend helpers. Each case kind
+ * has a runner (cv_run_<kind>) in its own file. */
+#ifndef RALUD_TOOLS_CV_INTERNAL_H
+#define RALUD_TOOLS_CV_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "engine/dit.h"
+#include "engine/safetensors.h"
+#include "kernels/ops.h"
+#include "tools/cli/check_vectors.h"
+
+struct model_entry {
+    char key[1024];
+    struct dit_config cfg;
+    struct wsrc *src;
+    struct dit *dit;
+    struct model_entry *next;
+};
+
+struct cv_ctx {
+    const struct cv_opts *o;
+    struct backend *be;
+    struct model_entry *models;
+};
+
+struct cv_case {
+    char name[256];
+    char kind[64];
+    char model_dir[1024];
+    char model_name[256];
+    json_t *cj;
+    struct st_file *st;
+    double atol, rtol;
+    bool single_file;
+};
+
+struct cv_result {
+    double worst_rel;  /* max over outputs of max|d| / max|ref| */
+    bool fail;
+    char note[512];
+};
+
+/* A case tensor that must exist and be F32. */
+int cv_case_tensor(struct cv_case *c, const char *name, struct tensor *t, struct err_msg *em);
+/* Backend copy of host F32 data. */
+int cv_upload(struct backend *be, const float *host, int ndim, const int64_t *ne,
+              struct tensor *dev);
+/* Compare ours (host, same element count as ref) with ref and fold into r. */
+void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                const struct tensor *ref);
+/* Download a backend F32 tensor (contiguous) into a malloc'd host buffer. */
+int cv_download(struct backend *be, const struct tensor *dev, float **host);
+
+typedef int (*cv_run_fn)(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                         struct err_msg *em);
+
+int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                       struct err_msg *em);
+int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                     struct err_msg *em);
+int cv_run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                          struct err_msg *em);
+
+#endif
