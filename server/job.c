@@ -1,0 +1,55 @@
+/* server/job.c - job allocation, cancellation flag, state names. */
+#include "server/job.h"
+
+#include "base/xalloc.h"
+
+#include <stdlib.h>
+
+struct job *job_new(uint64_t id, void *payload, job_free_fn payload_free)
+{
+    struct job *job = xcalloc(1, sizeof *job);
+
+    job->id = id;
+    atomic_init(&job->state, JOB_QUEUED);
+    atomic_init(&job->cancel, false);
+    job->payload = payload;
+    job->payload_free = payload_free;
+    job->result = ERR_OK;
+    return job;
+}
+
+void job_free(struct job *job)
+{
+    if (!job)
+        return;
+    if (job->payload_free)
+        job->payload_free(job->payload);
+    free(job->out_body);
+    free(job);
+}
+
+void job_cancel(struct job *job) { atomic_store(&job->cancel, true); }
+
+bool job_cancelled(const struct job *job) { return atomic_load(&((struct job *)job)->cancel); }
+
+enum job_state job_state(const struct job *job)
+{
+    return (enum job_state)atomic_load(&((struct job *)job)->state);
+}
+
+const char *job_state_name(enum job_state s)
+{
+    switch (s) {
+    case JOB_QUEUED:
+        return "queued";
+    case JOB_RUNNING:
+        return "running";
+    case JOB_DONE:
+        return "done";
+    case JOB_FAILED:
+        return "failed";
+    case JOB_CANCELLED:
+        return "cancelled";
+    }
+    return "?";
+}

@@ -1,0 +1,68 @@
+/* tests/integration/gen_fake.c - a test double for the generation back end.
+ *
+ * Linked into ralud_fakegen (never into ralud) so the integration tests can
+ * drive the real queue, worker threads, suspend/resume and drain paths. A
+ * "generation" sleeps RALUD_FAKE_STEP_MS (default 50) per requested step,
+ * checking the cancel flag between steps like the sampler will, and answers
+ * a small JSON object that says it is fake. */
+#define LOG_MODULE "test.gen_fake"
+#include "server/gen.h"
+
+#include "base/log.h"
+#include "base/xalloc.h"
+#include "server/api.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct fake {
+    long step_ms;
+};
+
+static int fake_run(void *ctx, struct job *job)
+{
+    const struct fake *f = ctx;
+    const struct api_gen_params *p = job->payload;
+    struct timespec ts = {f->step_ms / 1000, (f->step_ms % 1000) * 1000000L};
+
+    for (int i = 0; i < p->steps; i++) {
+        if (job_cancelled(job))
+            return err_set(&job->err, ERR_CANCELLED, "cancelled after %d of %d steps", i, p->steps);
+        nanosleep(&ts, NULL);
+    }
+    json_t *j = json_pack("{s:b,s:s,s:I,s:i,s:i,s:i,s:i}", "fake", 1, "request_id", job->request_id,
+                          "seed", (json_int_t)(p->seed_set ? p->seed : 0), "width", p->width,
+                          "height", p->height, "steps", p->steps, "n", p->n);
+    job->out_body = json_dumps(j, JSON_COMPACT);
+    job->out_len = strlen(job->out_body);
+    job->out_type = "application/json";
+    json_decref(j);
+    return ERR_OK;
+}
+
+int gen_open(struct gen **out, const struct config *cfg, struct err_msg *em)
+{
+    (void)cfg;
+    (void)em;
+    struct gen *g = xcalloc(1, sizeof *g);
+    struct fake *f = xcalloc(1, sizeof *f);
+    const char *ms = getenv("RALUD_FAKE_STEP_MS");
+    f->step_ms = ms ? atol(ms) : 50;
+    g->backend = "fake";
+    g->run = fake_run;
+    g->run_ctx = f;
+    g->impl = f;
+    LOG_WARN("FAKE generation back end (tests only): step_ms=%ld", f->step_ms);
+    *out = g;
+    return ERR_OK;
+}
+
+void gen_close(struct gen *g)
+{
+    if (!g)
+        return;
+    free(g->impl);
+    free(g);
+}
