@@ -617,6 +617,15 @@ void dit_work_free(struct dit_work *w)
 
 size_t dit_work_bytes(const struct dit_work *w) { return w->bytes; }
 
+size_t dit_work_estimate(const struct dit_config *c, int max_b, int max_n, int max_t)
+{
+    int64_t b = max_b, n = max_n, l = (int64_t)max_n + max_t, d = c->hidden;
+    int64_t f = b * 256 + 3 * b * d + 15 * b * d + 7 * b * l * d + b * l * d * (1 + c->mlp_ratio) +
+                b * n * dit_token_dim(c);
+    f += c->family == DIT_SD3 ? b * n * d : b * l * c->head_dim + b * l * 3;
+    return (size_t)f * 4;
+}
+
 /* --------------------------------------------------------------- forward */
 
 void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const struct lin *l)

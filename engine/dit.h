@@ -79,6 +79,8 @@ void dit_sd3_grid_pos(const struct dit *m, int h, int w, float *out);
 struct dit_work;
 int dit_work_new(struct dit_work **out, struct dit *m, int max_b, int max_n, int max_t);
 void dit_work_free(struct dit_work *w);
+/* Bytes dit_work_new would allocate for this shape (for memory plans). */
+size_t dit_work_estimate(const struct dit_config *cfg, int max_b, int max_n, int max_t);
 /* Bytes of backend memory held by the work buffers. */
 size_t dit_work_bytes(const struct dit_work *w);
 

@@ -589,10 +589,9 @@ static int file_open(struct st_file **out, const char *path, struct err_msg *em)
         }
         f->map = m;
         f->base = m;
-        /* Every weight is read right after open (uploaded or used in place),
-         * so start readahead now and overlap the disk with header parsing.
-         * Advice only: failure changes nothing. */
-        (void)posix_madvise(m, f->size, POSIX_MADV_WILLNEED);
+        /* No WILLNEED: a checkpoint can be as large as RAM (FLUX.1-dev is
+         * 24 GB); whole-file readahead would evict everything else. Pages
+         * come in as the forward first touches them. */
     }
     close(fd);
     fd = -1;

@@ -27,7 +27,7 @@ struct backend;
  * in fp32 (AVX-512 BF16 dot products on the CPU; tensor cores on a GPU). */
 enum matmul_mode { MATMUL_F32 = 0, MATMUL_BF16 };
 
-enum act_kind { ACT_SILU = 0, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU };
+enum act_kind { ACT_SILU = 0, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU, ACT_RELU };
 
 /* Unpatchify feature order of the input tokens. */
 enum patch_order {
@@ -84,6 +84,8 @@ struct backend_ops {
                  const struct tensor *v, float a, float b);
     void (*lincomb)(struct backend *be, struct tensor *y, float a, const struct tensor *x,
                     float b, const struct tensor *z);
+    void (*affine)(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
+                   float mul, float div, float post_add, float lo, float hi);
     void (*cfg)(struct backend *be, struct tensor *y, const struct tensor *neg,
                 const struct tensor *pos, float g);
     void (*attention)(struct backend *be, struct tensor *o, const struct tensor *q,

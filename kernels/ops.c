@@ -124,6 +124,13 @@ void op_lincomb(struct backend *be, struct tensor *y, float a, const struct tens
     CALL(be, lincomb, y, a, x, b, z);
 }
 
+void op_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
+               float mul, float div, float post_add, float lo, float hi)
+{
+    A(is_f32(x) && is_f32(y) && tensor_same_shape(x, y) && div != 0.0f && !(lo > hi));
+    CALL(be, affine, y, x, pre_add, mul, div, post_add, lo, hi);
+}
+
 void op_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
             const struct tensor *pos, float g)
 {
@@ -148,6 +155,8 @@ void op_attention(struct backend *be, struct tensor *o, const struct tensor *q,
     if (p->qlens)
         for (int64_t b = 0; b < q->ne[0]; b++)
             A(p->qlens[b] >= 0 && p->qlens[b] <= q->ne[1]);
+    if (p->causal)
+        A(q->ne[1] == k->ne[1]);
     if (p->bias)
         A(is_f32(p->bias) && tensor_is_contiguous(p->bias) && p->bias->ndim == 3 &&
           p->bias->ne[0] == q->ne[2] && p->bias->ne[1] == q->ne[1] &&

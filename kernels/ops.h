@@ -52,13 +52,20 @@ void op_axpy(struct backend *be, struct tensor *y, const struct tensor *x, const
 /* y = a*x + b*z. */
 void op_lincomb(struct backend *be, struct tensor *y, float a, const struct tensor *x, float b,
                 const struct tensor *z);
+/* y = clamp(((x + pre_add) * mul) / div + post_add, lo, hi), in f32 in that
+ * order (latent scaling: z / scaling_factor + shift_factor; image output:
+ * clamp(x / 2 + 0.5, 0, 1)). Use +-INFINITY for no clamp. In place allowed. */
+void op_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
+               float mul, float div, float post_add, float lo, float hi);
 /* y = neg + g * (pos - neg) (classifier-free guidance, reference order). */
 void op_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
             const struct tensor *pos, float g);
 /* Scaled dot-product attention, blocked with an online softmax.
  * q [B, Lq, H, D], k/v [B, Lk, H, D], o [B, Lq, H, D]: all F32, innermost
  * contiguous, other strides free (q/k/v may be column blocks of a fused QKV
- * buffer). Never materialises more than a tile of scores. */
+ * buffer). Never materialises more than a tile of scores. Masks (klens,
+ * kmask, causal with Lq == Lk) and the additive bias [H, Lq, Lk] are
+ * described with struct attn_params. */
 void op_attention(struct backend *be, struct tensor *o, const struct tensor *q,
                   const struct tensor *k, const struct tensor *v, const struct attn_params *p);
 /* FLUX RoPE tables. ids [B, L, n_axes] F32 positions (any value);

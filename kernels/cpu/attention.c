@@ -14,10 +14,20 @@
  * place (any row stride), so a column block of a fused QKV buffer costs no
  * copy; only the task's own Q tile is packed.
  *
- * Semantics: keys j >= klens[b] and keys with kmask[b, j] == 0 get weight 0.
- * A query row with no unmasked key (klens[b] == 0 or every key masked) is
- * written as 0, as are rows >= qlens[b]. A negative scale is handled by
- * negating Q while packing (exact), so exponents are always <= 0.
+ * Semantics: keys j >= klens[b] and keys with kmask[b, j] == 0 get weight 0;
+ * with causal, key j > query i gets weight 0 for query i (Lq == Lk). A query
+ * row with no unmasked key (klens[b] == 0 or every key masked) is written as
+ * 0, as are rows >= qlens[b]. A negative scale is handled by negating Q while
+ * packing (exact), so exponents are always <= 0.
+ *
+ * Bias (T5 relative positions): bias[h, i, j] is added to the scaled score.
+ * The tile of scores is then turned into exponent units in place,
+ * s = fl(s * scale + bias) (one FMA on AVX-512), and the softmax runs with
+ * scale 1. The bias tile is read transposed into the queries-in-lanes layout
+ * (16 x 16 in-register transposes). Causal masking works per lane: for key
+ * row j of a tile the lanes of queries before it are excluded from the max,
+ * the exponentials and the sum, and key tiles entirely after the task's last
+ * query are skipped.
  *
  * Determinism: every output element is computed by one thread with a fixed
  * key-tile order and fixed per-lane summation order, and no result depends on
@@ -52,21 +62,29 @@
 #define ATTN_BK 96 /* keys per tile; a multiple of ATTN_MR avoids short blocks */
 #define ATTN_MR 6  /* broadcast rows per microkernel (keys in QK^T, dims in P.V) */
 #define ATTN_NV 4  /* query vectors per microkernel (ATTN_BQ / 16) */
+/* A causal offset that masks nothing: j + coff < 0 for every key row j. */
+#define ATTN_NO_CAUSAL (-(ATTN_BK + 1))
 
 /* One implementation of the per-task steps. rows = queries in the task
  * (1..ATTN_BQ), nv = 16-query vectors in use = ceil(rows / 16).
  *   pack_q:  qt[d][i] = qsign * q[i][d], lanes rows..nv*16-1 zeroed
  *   qk:      s[j][i] = sum_d k[j][d] * qt[d][i]          j < nk
+ *   bias:    s[j][i] = s[j][i] * scale + b[i * bs + j]   (0 for lanes i >= rows)
  *   softmax: online-softmax update of m, l; alpha out; s becomes p in place
- *            (keys with valid[j] == 0 get p = 0). m is private to the
- *            implementation apart from its start value, -inf.
+ *            (keys with valid[j] == 0 get p = 0, and lanes i < j + coff of
+ *            key row j get p = 0: the causal mask, coff = k0 - q0; pass
+ *            ATTN_NO_CAUSAL for none). m is private to the implementation
+ *            apart from its start value, -inf. A lane whose keys in the tile
+ *            are all masked keeps m, l and its accumulator (alpha = 1, or 0
+ *            while nothing has been accumulated).
  *   pv:      ot[d][i] = ot[d][i] * alpha[i] + sum_j p[j][i] * v[j][d]
  *   store_o: o[i][d] = ot[d][i] / l[i], or 0 where l[i] == 0; i < rows */
 struct attn_kern {
     void (*pack_q)(int rows, int64_t D, const float *q, int64_t qs, float qsign, float *qt);
     void (*qk)(int nk, int nv, int64_t D, const float *k, int64_t ks, const float *qt, float *s);
-    void (*softmax)(int nk, int nv, float *s, const uint8_t *valid, float scale, float *m, float *l,
-                    float *alpha);
+    void (*bias)(int rows, int nk, float *s, const float *b, int64_t bs, float scale);
+    void (*softmax)(int nk, int nv, float *s, const uint8_t *valid, int coff, float scale,
+                    float *m, float *l, float *alpha);
     void (*pv)(int nk, int nv, int64_t D, const float *p, const float *v, int64_t vs, float *ot,
                const float *alpha);
     void (*store_o)(int rows, int64_t D, const float *ot, const float *l, float *o, int64_t os);
@@ -91,22 +109,33 @@ static void qk_scalar(int nk, int nv, int64_t D, const float *k, int64_t ks, con
     }
 }
 
+static void bias_scalar(int rows, int nk, float *s, const float *b, int64_t bs, float scale)
+{
+    int nq = (rows + 15) / 16 * 16;
+    for (int j = 0; j < nk; j++) {
+        float *sj = s + (size_t)j * ATTN_BQ;
+        for (int i = 0; i < nq; i++)
+            sj[i] = sj[i] * scale + (i < rows ? b[i * bs + j] : 0.0f);
+    }
+}
+
 /* m is the running max of the raw scores; exponents are (s - m) * scale,
- * exact near the max without relying on an FMA. */
-static void softmax_scalar(int nk, int nv, float *s, const uint8_t *valid, float scale, float *m,
-                           float *l, float *alpha)
+ * exact near the max without relying on an FMA. Lane i sees key row j
+ * unless valid[j] == 0 or i < j + coff (causal). */
+static void softmax_scalar(int nk, int nv, float *s, const uint8_t *valid, int coff, float scale,
+                           float *m, float *l, float *alpha)
 {
     int nq = nv * 16;
     for (int i = 0; i < nq; i++) {
         float mx = m[i];
         for (int j = 0; j < nk; j++)
-            if (valid[j])
+            if (valid[j] && i >= j + coff)
                 mx = fmaxf(mx, s[(size_t)j * ATTN_BQ + i]);
         alpha[i] = isinf(m[i]) ? 0.0f : expf((m[i] - mx) * scale);
         float sum = 0.0f;
         for (int j = 0; j < nk; j++) {
             float *sj = s + (size_t)j * ATTN_BQ + i;
-            *sj = valid[j] ? expf((*sj - mx) * scale) : 0.0f;
+            *sj = valid[j] && i >= j + coff ? expf((*sj - mx) * scale) : 0.0f;
             sum += *sj;
         }
         l[i] = l[i] * alpha[i] + sum;
@@ -153,8 +182,8 @@ static void store_o_scalar(int rows, int64_t D, const float *ot, const float *l,
             o[i * os + d] = l[i] > 0.0f ? ot[d * ATTN_BQ + i] / l[i] : 0.0f;
 }
 
-static const struct attn_kern kern_scalar = {pack_q_scalar, qk_scalar, softmax_scalar, pv_scalar,
-                                             store_o_scalar};
+static const struct attn_kern kern_scalar = {pack_q_scalar, qk_scalar,      bias_scalar,
+                                             softmax_scalar, pv_scalar, store_o_scalar};
 
 /* ---- AVX-512 path ---- */
 
@@ -211,9 +240,9 @@ ATTN_INLINE void transpose16(__m512 r[16])
     }
 }
 
-static inline __mmask16 lanes(int64_t n) /* the first min(n, 16) lanes */
+static inline __mmask16 lanes(int64_t n) /* the first min(n, 16) lanes (none for n <= 0) */
 {
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
 /* S^T block: R keys (broadcast) x NV query vectors, summed over d. */
@@ -319,22 +348,27 @@ static ATTN_TARGET void pv_avx512(int nk, int nv, int64_t D, const float *p, con
 /* m is kept in exponent units: m = fl(max_j s_j * scale). Each exponent is
  * then one FMA, fl(s * scale - m), exact near the max, and alpha compares two
  * such m values, so every p carries the same reference point. */
-ATTN_INLINE void softmax_mk(const int NV, int nk, float *s, const uint8_t *valid, float scale,
-                            float *m, float *l, float *alpha)
+ATTN_INLINE void softmax_mk(const int NV, int nk, float *s, const uint8_t *valid, int coff,
+                            float scale, float *m, float *l, float *alpha)
 {
     __m512 mx[ATTN_NV], sum[ATTN_NV];
     const __m512 sc = _mm512_set1_ps(scale);
     for (int c = 0; c < NV; c++)
         mx[c] = _mm512_set1_ps(-INFINITY);
+    /* Lanes seen by key row j of vector c: those not before the key,
+     * i >= j + coff, i.e. all but the first j + coff - 16c. */
     for (int j = 0; j < nk; j++)
         if (valid[j])
             for (int c = 0; c < NV; c++)
-                mx[c] = _mm512_max_ps(mx[c], _mm512_load_ps(s + j * ATTN_BQ + c * 16));
+                mx[c] = _mm512_mask_max_ps(mx[c], (__mmask16)~lanes(j + coff - 16 * c), mx[c],
+                                           _mm512_load_ps(s + j * ATTN_BQ + c * 16));
     for (int c = 0; c < NV; c++) {
         /* m_old = -inf: nothing accumulated yet; alpha is set to 0 directly
-         * rather than trusting exp(-inf). */
+         * rather than trusting exp(-inf). A lane with every key of the tile
+         * masked has mx = -inf; mx * scale may then be NaN (scale 0), and
+         * max_ps returns its second operand, m_old, for a NaN. */
         __m512 mo = _mm512_load_ps(m + c * 16);
-        __m512 mn = _mm512_max_ps(mo, _mm512_mul_ps(mx[c], sc));
+        __m512 mn = _mm512_max_ps(_mm512_mul_ps(mx[c], sc), mo);
         __mmask16 first = _mm512_cmp_ps_mask(mo, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
         __m512 a = exp16(_mm512_sub_ps(mo, mn));
         _mm512_store_ps(alpha + c * 16, _mm512_mask_mov_ps(a, first, _mm512_setzero_ps()));
@@ -347,6 +381,7 @@ ATTN_INLINE void softmax_mk(const int NV, int nk, float *s, const uint8_t *valid
         if (valid[j]) {
             for (int c = 0; c < NV; c++) {
                 __m512 e = exp16(_mm512_fmsub_ps(_mm512_load_ps(sj + c * 16), sc, mx[c]));
+                e = _mm512_maskz_mov_ps((__mmask16)~lanes(j + coff - 16 * c), e);
                 sum[c] = _mm512_add_ps(sum[c], e);
                 _mm512_store_ps(sj + c * 16, e);
             }
@@ -361,21 +396,21 @@ ATTN_INLINE void softmax_mk(const int NV, int nk, float *s, const uint8_t *valid
     }
 }
 
-static ATTN_TARGET void softmax_avx512(int nk, int nv, float *s, const uint8_t *valid, float scale,
-                                       float *m, float *l, float *alpha)
+static ATTN_TARGET void softmax_avx512(int nk, int nv, float *s, const uint8_t *valid, int coff,
+                                       float scale, float *m, float *l, float *alpha)
 {
     switch (nv) {
     case 1:
-        softmax_mk(1, nk, s, valid, scale, m, l, alpha);
+        softmax_mk(1, nk, s, valid, coff, scale, m, l, alpha);
         break;
     case 2:
-        softmax_mk(2, nk, s, valid, scale, m, l, alpha);
+        softmax_mk(2, nk, s, valid, coff, scale, m, l, alpha);
         break;
     case 3:
-        softmax_mk(3, nk, s, valid, scale, m, l, alpha);
+        softmax_mk(3, nk, s, valid, coff, scale, m, l, alpha);
         break;
     case 4:
-        softmax_mk(4, nk, s, valid, scale, m, l, alpha);
+        softmax_mk(4, nk, s, valid, coff, scale, m, l, alpha);
         break;
     default:
         RALUD_ASSERT(!"attention: bad vector count");
@@ -400,6 +435,31 @@ static ATTN_TARGET void pack_q_avx512(int rows, int64_t D, const float *q, int64
             int nd = D - d0 < 16 ? (int)(D - d0) : 16;
             for (int d = 0; d < nd; d++)
                 _mm512_store_ps(qt + (d0 + d) * ATTN_BQ + i0, r[d]);
+        }
+    }
+}
+
+/* s = fl(s * scale + bias): the bias rows are queries, so each 16 x 16
+ * block is transposed in registers into key rows of query lanes. Lanes past
+ * `rows` get no bias (their scores are never stored). */
+static ATTN_TARGET void bias_avx512(int rows, int nk, float *s, const float *b, int64_t bs,
+                                    float scale)
+{
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int i0 = 0; i0 < rows; i0 += 16) {
+        int ni = rows - i0 < 16 ? rows - i0 : 16;
+        for (int j0 = 0; j0 < nk; j0 += 16) {
+            __mmask16 cm = lanes(nk - j0);
+            int nj = nk - j0 < 16 ? nk - j0 : 16;
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < ni ? _mm512_maskz_loadu_ps(cm, b + (i0 + i) * bs + j0)
+                              : _mm512_setzero_ps();
+            transpose16(r);
+            for (int j = 0; j < nj; j++) {
+                float *p = s + (size_t)(j0 + j) * ATTN_BQ + i0;
+                _mm512_store_ps(p, _mm512_fmadd_ps(_mm512_load_ps(p), sc, r[j]));
+            }
         }
     }
 }
@@ -438,8 +498,8 @@ static ATTN_TARGET void exp_avx512(float *y, const float *x, int64_t n)
     }
 }
 
-static const struct attn_kern kern_avx512 = {pack_q_avx512, qk_avx512, softmax_avx512, pv_avx512,
-                                             store_o_avx512};
+static const struct attn_kern kern_avx512 = {pack_q_avx512,  qk_avx512, bias_avx512,
+                                             softmax_avx512, pv_avx512, store_o_avx512};
 #endif /* ATTN_HAVE_X86 */
 
 /* ---- dispatch ---- */
@@ -523,7 +583,13 @@ static void attn_task(void *arg, int64_t task, int thread)
         float *alpha = l + ATTN_BQ;
         uint8_t *valid = (uint8_t *)(alpha + ATTN_BQ);
         const uint8_t *km = P->kmask ? (const uint8_t *)P->kmask->data + b * P->kmask->nb[0] : NULL;
+        /* bias rows of this task's queries: [H, Lq, Lk] contiguous */
+        const float *bq =
+            P->bias ? (const float *)P->bias->data + (h * J->Lq + q0) * J->Lk : NULL;
+        const float sm_scale = bq ? 1.0f : J->scale; /* bias: scores pre-scaled */
         const int nv = (rows + 15) / 16;
+        /* causal: keys after the task's last query are masked for every row */
+        const int64_t kend = P->causal && q0 + rows < kl ? q0 + rows : kl;
 
         J->kern->pack_q(rows, D, qb + q0 * qs, qs, J->qsign, qt);
         for (int i = 0; i < ATTN_BQ; i++) {
@@ -532,8 +598,9 @@ static void attn_task(void *arg, int64_t task, int thread)
         }
         memset(ot, 0, (size_t)D * ATTN_BQ * sizeof *ot);
 
-        for (int64_t k0 = 0; k0 < kl; k0 += ATTN_BK) {
-            const int nk = (int)(kl - k0 < ATTN_BK ? kl - k0 : ATTN_BK);
+        for (int64_t k0 = 0; k0 < kend; k0 += ATTN_BK) {
+            const int nk = (int)(kend - k0 < ATTN_BK ? kend - k0 : ATTN_BK);
+            const int coff = P->causal ? (int)(k0 - q0) : ATTN_NO_CAUSAL;
             int any = 0;
             for (int j = 0; j < nk; j++) {
                 valid[j] = km ? km[k0 + j] != 0 : 1;
@@ -542,7 +609,9 @@ static void attn_task(void *arg, int64_t task, int thread)
             if (!any)
                 continue; /* a fully masked tile changes nothing */
             J->kern->qk(nk, nv, D, kb + k0 * ks, ks, qt, s);
-            J->kern->softmax(nk, nv, s, valid, J->scale, m, l, alpha);
+            if (bq)
+                J->kern->bias(rows, nk, s, bq + k0, J->Lk, J->scale);
+            J->kern->softmax(nk, nv, s, valid, coff, sm_scale, m, l, alpha);
             J->kern->pv(nk, nv, D, s, vb + k0 * vs, vs, ot, alpha);
         }
         J->kern->store_o(rows, D, ot, l, ob + q0 * os, os);

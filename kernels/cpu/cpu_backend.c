@@ -173,6 +173,7 @@ static const struct backend_ops cpu_ops = {
     .mul = cpu_mul,
     .axpy = cpu_axpy,
     .lincomb = cpu_lincomb,
+    .affine = cpu_affine,
     .cfg = cpu_cfg,
     .attention = cpu_attention,
     .rope_freqs = cpu_rope_freqs,

@@ -46,6 +46,8 @@ void cpu_axpy(struct backend *be, struct tensor *y, const struct tensor *x, cons
               float a, float b);
 void cpu_lincomb(struct backend *be, struct tensor *y, float a, const struct tensor *x, float b,
                  const struct tensor *z);
+void cpu_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
+                float mul, float div, float post_add, float lo, float hi);
 void cpu_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
              const struct tensor *pos, float g);
 void cpu_attention(struct backend *be, struct tensor *o, const struct tensor *q,

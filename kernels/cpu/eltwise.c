@@ -27,6 +27,7 @@ enum ew_kind {
     EW_AXPY,
     EW_LINCOMB,
     EW_CFG,
+    EW_AFFINE,
 };
 
 struct ew_job {
@@ -35,7 +36,7 @@ struct ew_job {
     struct tensor *y;
     const struct tensor *a, *b;       /* operands (meaning per kind) */
     const struct tensor *vec0, *vec1; /* per-sample [B, C] vectors or NULL */
-    float s0, s1;
+    float s0, s1, s2, s3, lo, hi;
     int64_t rows, cols, per_task;
     int64_t rows_per_sample; /* rows of y belonging to one vec row */
 };
@@ -67,6 +68,10 @@ static void act_row(float *y, const float *x, int64_t n, enum act_kind k)
         for (int64_t i = 0; i < n; i++)
             y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
         break;
+    case ACT_RELU: /* NaN stays NaN, as torch.relu */
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] < 0.0f ? 0.0f : x[i];
+        break;
     }
 }
 
@@ -83,7 +88,7 @@ static void ew_row(const struct ew_job *j, int64_t r)
         v0 = tensor_row_ptr(j->vec0, r / j->rows_per_sample);
     if (j->vec1)
         v1 = tensor_row_ptr(j->vec1, r / j->rows_per_sample);
-    const float s0 = j->s0, s1 = j->s1;
+    const float s0 = j->s0, s1 = j->s1, s2 = j->s2, s3 = j->s3, lo = j->lo, hi = j->hi;
 
     switch (j->kind) {
     case EW_FILL:
@@ -124,6 +129,12 @@ static void ew_row(const struct ew_job *j, int64_t r)
     case EW_CFG: /* y = neg + g * (pos - neg) */
         for (int64_t i = 0; i < n; i++)
             y[i] = a[i] + s0 * (b[i] - a[i]);
+        break;
+    case EW_AFFINE: /* y = clamp(((x + s0) * s1) / s2 + s3, lo, hi); NaN stays NaN */
+        for (int64_t i = 0; i < n; i++) {
+            float v = ((a[i] + s0) * s1) / s2 + s3;
+            y[i] = v < lo ? lo : (v > hi ? hi : v);
+        }
         break;
     }
 }
@@ -318,6 +329,14 @@ void cpu_lincomb(struct backend *be, struct tensor *y, float a, const struct ten
                  const struct tensor *z)
 {
     struct ew_job j = {.kind = EW_LINCOMB, .y = y, .a = x, .b = z, .s0 = a, .s1 = b};
+    ew_run(be, &j);
+}
+
+void cpu_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
+                float mul, float div, float post_add, float lo, float hi)
+{
+    struct ew_job j = {.kind = EW_AFFINE, .y = y, .a = x, .s0 = pre_add, .s1 = mul,
+                       .s2 = div, .s3 = post_add, .lo = lo, .hi = hi};
     ew_run(be, &j);
 }
 

@@ -2,7 +2,8 @@
  *
  * Error metric: max over the output of |o - ref| divided by max |ref| over the
  * same output (global relative error); the bound is 1e-5 for fp32. The
- * reference is a naive softmax in double on the same fp32 inputs. Both the
+ * reference is a naive softmax in double on the same fp32 inputs (with the
+ * causal mask and the additive bias where a case sets them). Both the
  * AVX-512 path (when the CPU has it) and the portable scalar path are tested,
  * and outputs must be bitwise identical for 1 and 2 threads. */
 #include <check.h>
@@ -74,6 +75,7 @@ static double reference(double *ref, const struct tensor *q, const struct tensor
 {
     int64_t B = q->ne[0], Lq = q->ne[1], H = q->ne[2], D = q->ne[3], Lk = k->ne[1];
     double *s = malloc((size_t)(Lk ? Lk : 1) * sizeof *s);
+    const float *bias = p->bias ? p->bias->data : NULL;
     double mx_ref = 0.0;
     for (int64_t b = 0; b < B; b++) {
         int64_t qn = p->qlens ? p->qlens[b] : Lq, kl = p->klens ? p->klens[b] : Lk;
@@ -86,20 +88,23 @@ static double reference(double *ref, const struct tensor *q, const struct tensor
                 if (i >= qn)
                     continue;
                 double m = -INFINITY;
-                for (int64_t j = 0; j < kl; j++) {
+                int64_t kend = p->causal && i + 1 < kl ? i + 1 : kl;
+                for (int64_t j = 0; j < kend; j++) {
                     if (km && !km[j])
                         continue;
                     double dot = 0.0;
                     for (int64_t d = 0; d < D; d++)
                         dot += (double)at(q, b, i, h, d) * at(k, b, j, h, d);
                     s[j] = dot * p->scale;
+                    if (bias)
+                        s[j] += bias[(h * Lq + i) * Lk + j];
                     if (s[j] > m)
                         m = s[j];
                 }
                 if (m == -INFINITY)
                     continue;
                 double sum = 0.0;
-                for (int64_t j = 0; j < kl; j++) {
+                for (int64_t j = 0; j < kend; j++) {
                     if (km && !km[j])
                         continue;
                     double w = exp(s[j] - m);
@@ -146,6 +151,8 @@ struct acase {
     bool fused;
     const int *klens, *qlens;
     const uint8_t *kmask; /* [B * Lk] or NULL */
+    bool causal;
+    float bias_amp; /* > 0: a random bias [H, Lq, Lk] in [-bias_amp, bias_amp] */
 };
 
 struct aresult {
@@ -194,9 +201,18 @@ static struct aresult run_case(struct backend *be, const struct acase *c, uint64
             for (int64_t g = HD; g < orow; g++)
                 ob[(b * Lq + i) * orow + g] = 12345.0f;
 
-    struct tensor km;
+    struct tensor km, bt;
     uint8_t *kmb = NULL;
-    struct attn_params p = {.scale = c->scale, .klens = c->klens, .qlens = c->qlens};
+    float *bb = NULL;
+    struct attn_params p = {
+        .scale = c->scale, .klens = c->klens, .qlens = c->qlens, .causal = c->causal};
+    if (c->bias_amp > 0.0f) {
+        bb = be_buf(be, (size_t)(H * Lq * Lk) * sizeof(float));
+        for (int64_t i = 0; i < H * Lq * Lk; i++)
+            bb[i] = rng_sym(c->bias_amp);
+        bt = tensor_3d(bb, DTYPE_F32, H, Lq, Lk);
+        p.bias = &bt;
+    }
     if (c->kmask) {
         kmb = be_buf(be, (size_t)(B * Lk));
         memcpy(kmb, c->kmask, (size_t)(B * Lk));
@@ -223,6 +239,7 @@ static struct aresult run_case(struct backend *be, const struct acase *c, uint64
     be->ops->free(be, vb);
     be->ops->free(be, ob);
     be->ops->free(be, kmb);
+    be->ops->free(be, bb);
     return r;
 }
 
@@ -230,9 +247,11 @@ static void check_case(struct backend *be, const struct acase *c, uint64_t seed,
 {
     struct aresult r = run_case(be, c, seed, NULL);
     ck_assert_msg(r.err <= tol && r.gap_ok,
-                  "B=%lld Lq=%lld Lk=%lld H=%lld D=%lld amp=%g: rel err %.3g (tol %.1g) gap %d",
+                  "B=%lld Lq=%lld Lk=%lld H=%lld D=%lld amp=%g causal=%d bias=%g: rel err %.3g "
+                  "(tol %.1g) gap %d",
                   (long long)c->B, (long long)c->Lq, (long long)c->Lk, (long long)c->H,
-                  (long long)c->D, (double)c->amp, r.err, tol, r.gap_ok);
+                  (long long)c->D, (double)c->amp, c->causal, (double)c->bias_amp, r.err, tol,
+                  r.gap_ok);
 }
 
 /* ---- the fast exp ---- */
@@ -508,6 +527,133 @@ START_TEST(negative_and_zero_scale)
 }
 END_TEST
 
+/* ---- causal mask and additive bias ---- */
+
+static void causal_matches_reference(bool scalar)
+{
+    static const int64_t Ls[] = {1, 7, 16, 17, 65, 130, 300};
+    static const int64_t Ds[] = {16, 64, 5};
+    cpu__attention_force_scalar(scalar);
+    struct backend *be = new_cpu(2);
+    uint64_t seed = 101;
+    for (size_t li = 0; li < sizeof Ls / sizeof *Ls; li++)
+        for (size_t di = 0; di < sizeof Ds / sizeof *Ds; di++) {
+            struct acase c = {.B = 2,
+                              .Lq = Ls[li],
+                              .Lk = Ls[li],
+                              .H = di == 1 ? 1 : 3,
+                              .D = Ds[di],
+                              .amp = 1.0f,
+                              .scale = 1.0f / sqrtf((float)Ds[di]),
+                              .fused = (li + di) % 2 == 0,
+                              .causal = true};
+            check_case(be, &c, seed++, TOL);
+        }
+    backend_free(be);
+    cpu__attention_force_scalar(false);
+}
+
+START_TEST(causal_mask_hides_later_keys) { causal_matches_reference(false); }
+END_TEST
+
+START_TEST(scalar_causal_mask_hides_later_keys) { causal_matches_reference(true); }
+END_TEST
+
+/* Causal together with klens, qlens and a key mask; batch 1 masks key 0, so
+ * query 0 sees no key at all and its row must be 0. */
+static void causal_with_masks(bool scalar)
+{
+    cpu__attention_force_scalar(scalar);
+    struct backend *be = new_cpu(2);
+    int64_t B = 2, L = 200, H = 2, D = 32;
+    uint8_t *m = malloc((size_t)(B * L));
+    rng_seed(111);
+    for (int64_t i = 0; i < B * L; i++)
+        m[i] = rng_unit() < 0.7;
+    m[0] = 1;
+    m[L] = 0;
+    for (int64_t j = 96; j < 192; j++)
+        m[j] = 0; /* a whole key tile in batch 0 */
+    int klens[2] = {200, 150}, qlens[2] = {180, 200};
+    size_t on = (size_t)(B * L * (H * D + 7));
+    float *o = malloc(on * sizeof(float));
+    struct acase c = {.B = B,
+                      .Lq = L,
+                      .Lk = L,
+                      .H = H,
+                      .D = D,
+                      .amp = 1.0f,
+                      .scale = 0.2f,
+                      .fused = true,
+                      .kmask = m,
+                      .klens = klens,
+                      .qlens = qlens,
+                      .causal = true};
+    struct aresult r = run_case(be, &c, 112, o);
+    ck_assert_msg(r.err <= TOL && r.gap_ok, "rel err %.3g", r.err);
+    for (int64_t e = 0; e < H * D; e++)
+        ck_assert(o[L * (H * D + 7) + e] == 0.0f);
+    free(o);
+    free(m);
+    backend_free(be);
+    cpu__attention_force_scalar(false);
+}
+
+START_TEST(causal_combines_with_key_masks_and_lengths) { causal_with_masks(false); }
+END_TEST
+
+START_TEST(scalar_causal_combines_with_key_masks_and_lengths) { causal_with_masks(true); }
+END_TEST
+
+static void bias_matches_reference(bool scalar)
+{
+    static const int64_t Ls[] = {1, 7, 65, 300};
+    cpu__attention_force_scalar(scalar);
+    struct backend *be = new_cpu(2);
+    uint64_t seed = 201;
+    for (size_t a = 0; a < 4; a++)
+        for (size_t bq = 0; bq < 4; bq++) {
+            /* T5 style: no 1/sqrt(d) scaling, bias of a few units. */
+            struct acase c = {.B = 2,
+                              .Lq = Ls[a],
+                              .Lk = Ls[bq],
+                              .H = 3,
+                              .D = (a + bq) % 2 ? 12 : 16,
+                              .amp = 0.5f,
+                              .scale = (a + bq) % 3 == 2 ? -0.25f : 1.0f,
+                              .fused = (a + bq) % 2 == 0,
+                              .bias_amp = 4.0f};
+            check_case(be, &c, seed++, TOL);
+        }
+    /* Bias with a key mask, and bias with the causal mask. */
+    int64_t B = 2, L = 130;
+    uint8_t *m = malloc((size_t)(B * L));
+    rng_seed(211);
+    for (int64_t i = 0; i < B * L; i++)
+        m[i] = rng_unit() < 0.6;
+    struct acase k = {.B = B, .Lq = 65, .Lk = L, .H = 2, .D = 16, .amp = 0.5f, .scale = 1.0f,
+                      .kmask = m, .bias_amp = 3.0f};
+    check_case(be, &k, 212, TOL);
+    struct acase cb = {.B = B, .Lq = L, .Lk = L, .H = 2, .D = 16, .amp = 1.0f, .scale = 0.25f,
+                       .fused = true, .causal = true, .bias_amp = 2.0f};
+    check_case(be, &cb, 213, TOL);
+    /* Large bias values (+-1e3) must not overflow the exponentials. The fp32
+     * sum score + bias carries an absolute rounding error of ~3e-5 that the
+     * double reference does not have, hence the looser bound. */
+    struct acase big = {.B = 1, .Lq = 100, .Lk = 100, .H = 1, .D = 8, .amp = 1.0f,
+                        .scale = 1.0f, .bias_amp = 1000.0f};
+    check_case(be, &big, 214, 1e-4);
+    free(m);
+    backend_free(be);
+    cpu__attention_force_scalar(false);
+}
+
+START_TEST(bias_is_added_to_scaled_scores) { bias_matches_reference(false); }
+END_TEST
+
+START_TEST(scalar_bias_is_added_to_scaled_scores) { bias_matches_reference(true); }
+END_TEST
+
 /* ---- determinism ---- */
 
 static void thread_count_invariance(bool scalar)
@@ -536,11 +682,16 @@ static void thread_count_invariance(bool scalar)
                           .kmask = m,
                           .klens = klens,
                           .qlens = qlens};
-        struct aresult r1 = run_case(be1, &c, 62, o1);
-        struct aresult r2 = run_case(be2, &c, 62, o2);
-        ck_assert_msg(r1.err <= TOL && r2.err <= TOL, "rel err %.3g %.3g", r1.err, r2.err);
-        ck_assert_msg(memcmp(o1, o2, on * sizeof(float)) == 0, "D=%lld: 1 vs 2 threads differ",
-                      (long long)D);
+        for (int variant = 0; variant < 3; variant++) {
+            /* plain masks; + causal; + causal and bias */
+            c.causal = variant >= 1;
+            c.bias_amp = variant == 2 ? 2.0f : 0.0f;
+            struct aresult r1 = run_case(be1, &c, 62, o1);
+            struct aresult r2 = run_case(be2, &c, 62, o2);
+            ck_assert_msg(r1.err <= TOL && r2.err <= TOL, "rel err %.3g %.3g", r1.err, r2.err);
+            ck_assert_msg(memcmp(o1, o2, on * sizeof(float)) == 0,
+                          "D=%lld variant %d: 1 vs 2 threads differ", (long long)D, variant);
+        }
         free(o1);
         free(o2);
     }
@@ -573,6 +724,12 @@ static Suite *attention_suite(void)
     tcase_add_test(tc, fully_masked_rows_are_zero);
     tcase_add_test(tc, large_scores_are_stable);
     tcase_add_test(tc, negative_and_zero_scale);
+    tcase_add_test(tc, causal_mask_hides_later_keys);
+    tcase_add_test(tc, scalar_causal_mask_hides_later_keys);
+    tcase_add_test(tc, causal_combines_with_key_masks_and_lengths);
+    tcase_add_test(tc, scalar_causal_combines_with_key_masks_and_lengths);
+    tcase_add_test(tc, bias_is_added_to_scaled_scores);
+    tcase_add_test(tc, scalar_bias_is_added_to_scaled_scores);
     tcase_add_test(tc, output_is_bitwise_identical_for_1_and_2_threads);
     tcase_add_test(tc, scalar_output_is_bitwise_identical_for_1_and_2_threads);
     suite_add_tcase(s, tc);

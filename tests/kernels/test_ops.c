@@ -313,16 +313,19 @@ static double act_ref(enum act_kind k, double x)
         return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
     case ACT_QUICK_GELU:
         return x / (1.0 + exp(-1.702 * x));
+    case ACT_RELU:
+        return x > 0.0 ? x : 0.0;
     }
     return NAN;
 }
 
 START_TEST(test_op_act_matches_double_reference_for_every_kind)
 {
-    const enum act_kind kinds[] = {ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU};
-    const char *names[] = {"silu", "gelu_tanh", "gelu_erf", "quick_gelu"};
+    const enum act_kind kinds[] = {ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU,
+                                   ACT_RELU};
+    const char *names[] = {"silu", "gelu_tanh", "gelu_erf", "quick_gelu", "relu"};
     const int64_t R = 5, C = 301, n = R * C;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         struct tv x = tv_in(2, NE(R, C), 1, -8, 8);
         /* Saturated tails: exp overflows to inf, the result must stay finite. */
         float *row0 = tensor_row_ptr(&x.t, 0);

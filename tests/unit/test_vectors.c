@@ -13,8 +13,19 @@
 #define VEC_DIR DATA_DIR "/vectors"
 #define SINGLE_DIR DATA_DIR "/single"
 
-/* Kinds implemented so far; each must pass all of its indexed cases. */
-static const char *const covered[] = {"sd3_transformer", "flux_transformer"};
+/* Kinds implemented so far; each must pass all of its indexed cases. A
+ * test runs the cases whose names contain its filter and checks the covered
+ * kinds listed under that filter. */
+static const struct {
+    const char *kind, *filter;
+} covered[] = {
+    {"sd3_transformer", "transformer"},
+    {"flux_transformer", "transformer"},
+    {"clip_text_encoder", "text_encoder"},
+    {"t5_encoder", "text_encoder"},
+    {"vae_decode", "_vae_"},
+    {"vae_encode", "_vae_"},
+};
 
 static int index_count(const char *kind)
 {
@@ -38,15 +49,17 @@ static void run_and_check(const struct cv_opts *o, int runs_per_case)
     ck_assert_int_eq(cv_run(o, &s, stdout), 0);
     ck_assert_int_eq(s.fail, 0);
     for (size_t k = 0; k < sizeof covered / sizeof *covered; k++) {
-        int want = index_count(covered[k]) * runs_per_case, got = -1, skip = 0;
+        if (strcmp(covered[k].filter, o->filter) != 0)
+            continue;
+        int want = index_count(covered[k].kind) * runs_per_case, got = -1, skip = 0;
         ck_assert_int_gt(want, 0);
         for (int i = 0; i < s.n_kinds; i++)
-            if (strcmp(s.kinds[i].kind, covered[k]) == 0) {
+            if (strcmp(s.kinds[i].kind, covered[k].kind) == 0) {
                 got = s.kinds[i].pass;
                 skip = s.kinds[i].skip;
             }
         ck_assert_msg(got == want && skip == 0, "%s: %d passed, %d skipped, index lists %d",
-                      covered[k], got, skip, want);
+                      covered[k].kind, got, skip, want);
     }
 }
 
@@ -65,6 +78,34 @@ START_TEST(test_vectors_transformers_pass_with_activations_protected_outside_ops
 }
 END_TEST
 
+START_TEST(test_vectors_text_encoders_pass)
+{
+    struct cv_opts o = {.dir = VEC_DIR, .threads = 2, .filter = "text_encoder"};
+    run_and_check(&o, 1);
+}
+END_TEST
+
+START_TEST(test_vectors_text_encoders_pass_with_activations_protected_outside_ops)
+{
+    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true, .filter = "text_encoder"};
+    run_and_check(&o, 1);
+}
+END_TEST
+
+START_TEST(test_vectors_vae_decode_and_encode_pass)
+{
+    struct cv_opts o = {.dir = VEC_DIR, .threads = 2, .filter = "_vae_"};
+    run_and_check(&o, 1);
+}
+END_TEST
+
+START_TEST(test_vectors_vae_pass_with_activations_protected_outside_ops)
+{
+    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true, .filter = "_vae_"};
+    run_and_check(&o, 1);
+}
+END_TEST
+
 static Suite *vectors_suite(void)
 {
     Suite *s = suite_create("vectors");
@@ -72,6 +113,10 @@ static Suite *vectors_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_vectors_transformers_pass_on_diffusers_and_single_file);
     tcase_add_test(tc, test_vectors_transformers_pass_with_activations_protected_outside_ops);
+    tcase_add_test(tc, test_vectors_text_encoders_pass);
+    tcase_add_test(tc, test_vectors_text_encoders_pass_with_activations_protected_outside_ops);
+    tcase_add_test(tc, test_vectors_vae_decode_and_encode_pass);
+    tcase_add_test(tc, test_vectors_vae_pass_with_activations_protected_outside_ops);
     suite_add_tcase(s, tc);
     return s;
 }

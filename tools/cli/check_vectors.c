@@ -96,7 +96,13 @@ static const struct {
     {"sd3_transformer", cv_run_transformer, true},
     {"flux_transformer", cv_run_transformer, true},
     {"scheduler", cv_run_scheduler, false},
+    {"sd3_pipeline", cv_run_pipeline, false},
+    {"flux_pipeline", cv_run_pipeline, false},
     {"scheduler_step", cv_run_scheduler_step, false},
+    {"clip_text_encoder", cv_run_clip_text_encoder, false},
+    {"t5_encoder", cv_run_t5_encoder, false},
+    {"vae_decode", cv_run_vae_decode, false},
+    {"vae_encode", cv_run_vae_encode, false},
 };
 
 
@@ -276,6 +282,7 @@ int cv_run(const struct cv_opts *o, struct cv_summary *s, FILE *out)
     }
     rc = ERR_OK;
 done:
+    cv_pipeline_release(&x);
     while (x.models) {
         struct model_entry *e = x.models;
         x.models = e->next;

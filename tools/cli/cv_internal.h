@@ -20,10 +20,13 @@ struct model_entry {
     struct model_entry *next;
 };
 
+struct pipe_entry;
+
 struct cv_ctx {
     const struct cv_opts *o;
     struct backend *be;
     struct model_entry *models;
+    struct pipe_entry *pipes; /* pipelines kept open across cases */
 };
 
 struct cv_case {
@@ -63,5 +66,19 @@ int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                      struct err_msg *em);
 int cv_run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                           struct err_msg *em);
+int cv_run_vae_decode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                      struct err_msg *em);
+int cv_run_vae_encode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                      struct err_msg *em);
+/* cv_text.c */
+int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                             struct err_msg *em);
+int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                      struct err_msg *em);
+
+int cv_run_pipeline(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                    struct err_msg *em);
+/* Free the pipelines cv_run_pipeline keeps open across cases. */
+void cv_pipeline_release(struct cv_ctx *x);
 
 #endif
