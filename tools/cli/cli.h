@@ -4,5 +4,7 @@
 
 /* `ralu check-vectors DIR [options]`; returns the process exit code. */
 int cli_check_vectors(int argc, char **argv);
+/* `ralu generate --model DIR --prompt TEXT -o OUT.png ...` */
+int cli_generate(int argc, char **argv);
 
 #endif

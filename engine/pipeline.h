@@ -1,0 +1,103 @@
+/* engine/pipeline.h - one text-to-image generation: tokenise -> encode ->
+ * denoise -> decode, for SD3/SD3.5 and FLUX.1 folders in the diffusers
+ * layout.
+ *
+ * Components are opened lazily in pipeline order. With keep_loaded false
+ * (the CLI), each is released as soon as its stage is done, so peak memory
+ * is the largest component plus activations, not their sum (T5-XXL alone is
+ * ~9 GB in fp16). pipeline_plan() estimates that before anything runs.
+ *
+ * Determinism: the initial noise is Philox keyed by (seed, stream, element),
+ * so it does not depend on threads or batch slot; on the CPU the image is
+ * bit-identical at any thread count. */
+#ifndef RALUD_ENGINE_PIPELINE_H
+#define RALUD_ENGINE_PIPELINE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "engine/dit.h"
+#include "kernels/backend.h"
+
+enum pipe_family { PIPE_SD3 = 0, PIPE_FLUX };
+
+struct pipeline_opts {
+    int max_width, max_height; /* sizes the activation arenas (and the 400 limits) */
+    int max_batch;             /* images per request */
+    int max_sequence_length;   /* T5 tokens; 0 = family default (SD3 256, FLUX 512) */
+    bool keep_loaded;          /* daemon: keep every component mapped */
+    bool no_t5;                /* SD3: skip T5, zeros instead (as the reference) */
+    const char *vae_path;      /* NULL or another VAE folder / file */
+    size_t mem_limit;          /* bytes; 0 = MemAvailable */
+};
+
+struct gen_request {
+    const char *prompt;
+    const char *negative_prompt; /* NULL = "" */
+    int width, height, steps, n;
+    float guidance;   /* SD3: CFG scale; FLUX: distilled guidance */
+    float true_cfg;   /* FLUX: > 1 with a negative prompt runs real CFG */
+    uint64_t seed;    /* <= 2^53-1; image i uses seed + i */
+    const float *init_latents; /* NULL, or host noise in the reference layout
+                                * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
+};
+
+#define GEN_MAX_STEPS 200
+
+struct gen_timings {
+    double tokenize_ms;
+    double encode_ms[3]; /* text encoders in pipeline order */
+    double denoise_ms;
+    double step_ms[GEN_MAX_STEPS];
+    int n_steps;
+    double vae_ms;
+    double total_ms;
+};
+
+struct gen_output {
+    int n, width, height;
+    float *rgb;     /* host [n, H, W, 3] in [0, 1] */
+    struct gen_timings t;
+    int nfe;        /* transformer forwards (a CFG pair counts 2) */
+    double flops;   /* transformer FLOPs, from dit_flops */
+};
+
+/* Called after each stage and denoise step; return nonzero to cancel. */
+typedef int (*gen_progress_fn)(void *ctx, const char *stage, int step, int total);
+/* Test hook: sees intermediate backend tensors by name ("prompt_embeds",
+ * "negative_prompt_embeds", "pooled_prompt_embeds", "step_latents" (index =
+ * step), "latents_out", "image"); latents in the reference layout. */
+typedef void (*gen_probe_fn)(void *ctx, struct backend *be, const char *name, int index,
+                             const struct tensor *t);
+
+struct gen_hooks {
+    gen_progress_fn progress;
+    gen_probe_fn probe;
+    void *ctx;
+    const atomic_bool *cancel;
+};
+
+struct pipeline;
+
+int pipeline_open(struct pipeline **out, struct backend *be, const char *model_dir,
+                  const struct pipeline_opts *o, struct err_msg *em);
+void pipeline_free(struct pipeline *p);
+enum pipe_family pipeline_family(const struct pipeline *p);
+/* T5 sequence length of the following requests (tests use several). */
+void pipeline_set_max_sequence_length(struct pipeline *p, int n);
+
+/* Memory plan: one line per component into buf (bytes mapped, bytes of
+ * activations), and the peak. Returns ERR_NOMEM naming the component that
+ * does not fit in the limit. */
+int pipeline_plan(struct pipeline *p, const struct gen_request *r, char *buf, size_t n,
+                  struct err_msg *em);
+
+/* Run one request. ERR_INVAL (named in em) for sizes the arenas cannot
+ * hold; ERR_CANCELLED when cancelled. out->rgb is malloc'd on success. */
+int pipeline_generate(struct pipeline *p, const struct gen_request *r, const struct gen_hooks *h,
+                      struct gen_output *out, struct err_msg *em);
+void gen_output_free(struct gen_output *o);
+
+#endif

@@ -1,0 +1,243 @@
+/* tools/cli/generate.c - `ralu generate`: prompt in, PNG out, stage timings
+ * printed. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/clock.h"
+#include "engine/image.h"
+#include "engine/pipeline.h"
+#include "engine/rng.h"
+#include "tools/cli/cli.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: ralu generate --model DIR --prompt TEXT -o OUT.png [options]\n"
+            "  --negative TEXT      negative prompt (SD3 CFG; FLUX with --true-cfg)\n"
+            "  --width N --height N image size, multiples of 16 (default 1024x1024 FLUX,\n"
+            "                       1024x1024 SD3)\n"
+            "  --steps N            denoising steps (default 28)\n"
+            "  --guidance G         SD3: CFG scale (default 7.0); FLUX: distilled guidance (3.5)\n"
+            "  --true-cfg G         FLUX: real CFG with --negative when G > 1\n"
+            "  --seed N             0 .. 2^53-1 (default 0)\n"
+            "  --n N                images (OUT gets -0, -1, ... suffixes when N > 1)\n"
+            "  --max-seq N          T5 tokens (SD3 default 256, FLUX 512)\n"
+            "  --vae DIR            use another VAE folder\n"
+            "  --no-t5              SD3 without its T5 encoder (zeros, as the reference)\n"
+            "  --threads N          CPU threads (default 2)\n"
+            "  --bf16               bf16-compute matmuls\n"
+            "  --mem-limit MB       refuse plans above this (default: MemAvailable)\n");
+}
+
+static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "ralu generate: %s must be an integer in [%lld, %lld], got \"%s\"\n", opt,
+                lo, hi, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *v, float *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || *end || end == v || !isfinite(x)) {
+        fprintf(stderr, "ralu generate: %s must be a number, got \"%s\"\n", opt, v);
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
+}
+
+static int progress(void *ctx, const char *stage, int step, int total)
+{
+    (void)ctx;
+    if (total > 0)
+        fprintf(stderr, "\r%s %d/%d", stage, step, total);
+    if (total > 0 && step == total)
+        fprintf(stderr, "\n");
+    return 0;
+}
+
+int cli_generate(int argc, char **argv)
+{
+    const char *model = NULL, *outp = NULL;
+    struct gen_request r = {.width = 0, .height = 0, .steps = 28, .n = 1, .guidance = NAN,
+                            .true_cfg = 1.0f};
+    struct pipeline_opts po = {0};
+    struct backend_opts bo = {.n_threads = 2};
+    long long v;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED()                                                                   \
+    do {                                                                         \
+        if (!val) {                                                              \
+            fprintf(stderr, "ralu generate: %s needs a value\n", a);             \
+            return 2;                                                            \
+        }                                                                        \
+        i++;                                                                     \
+    } while (0)
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
+            NEED();
+            model = val;
+        } else if (!strcmp(a, "--prompt")) {
+            NEED();
+            r.prompt = val;
+        } else if (!strcmp(a, "--negative")) {
+            NEED();
+            r.negative_prompt = val;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            NEED();
+            outp = val;
+        } else if (!strcmp(a, "--width") || !strcmp(a, "--height") || !strcmp(a, "--steps") ||
+                   !strcmp(a, "--n") || !strcmp(a, "--threads") || !strcmp(a, "--max-seq") ||
+                   !strcmp(a, "--mem-limit")) {
+            NEED();
+            if (parse_int(a, val, 1, 1 << 20, &v))
+                return 2;
+            if (!strcmp(a, "--width"))
+                r.width = (int)v;
+            else if (!strcmp(a, "--height"))
+                r.height = (int)v;
+            else if (!strcmp(a, "--steps"))
+                r.steps = (int)v;
+            else if (!strcmp(a, "--n"))
+                r.n = (int)v;
+            else if (!strcmp(a, "--threads"))
+                bo.n_threads = (int)v;
+            else if (!strcmp(a, "--max-seq"))
+                po.max_sequence_length = (int)v;
+            else
+                po.mem_limit = (size_t)v << 20;
+        } else if (!strcmp(a, "--seed")) {
+            NEED();
+            if (parse_int(a, val, 0, (long long)RNG_SEED_MAX, &v))
+                return 2;
+            r.seed = (uint64_t)v;
+        } else if (!strcmp(a, "--guidance")) {
+            NEED();
+            if (parse_float(a, val, &r.guidance))
+                return 2;
+        } else if (!strcmp(a, "--true-cfg")) {
+            NEED();
+            if (parse_float(a, val, &r.true_cfg))
+                return 2;
+        } else if (!strcmp(a, "--vae")) {
+            NEED();
+            po.vae_path = val;
+        } else if (!strcmp(a, "--no-t5")) {
+            po.no_t5 = true;
+        } else if (!strcmp(a, "--bf16")) {
+            bo.matmul_mode = MATMUL_BF16;
+        } else {
+            fprintf(stderr, "ralu generate: unknown option \"%s\"\n", a);
+            usage(stderr);
+            return 2;
+        }
+#undef NEED
+    }
+    if (!model || !r.prompt || !outp) {
+        fprintf(stderr, "ralu generate: --model, --prompt and -o are required\n");
+        usage(stderr);
+        return 2;
+    }
+    struct backend *be = NULL;
+    struct pipeline *p = NULL;
+    struct err_msg em = {{0}};
+    struct gen_output out = {0};
+    char plan[2048];
+    int rc, status = 1;
+    if ((rc = backend_new(&be, "cpu", &bo))) {
+        fprintf(stderr, "ralu generate: cannot start the cpu backend: %s\n", err_str(rc));
+        return 1;
+    }
+    bool flux;
+    po.max_batch = r.n;
+    if ((rc = pipeline_open(&p, be, model, &po, &em))) {
+        fprintf(stderr, "ralu generate: %s\n", em.text);
+        goto done;
+    }
+    flux = pipeline_family(p) == PIPE_FLUX;
+    if (!r.width)
+        r.width = 1024;
+    if (!r.height)
+        r.height = 1024;
+    if (isnan(r.guidance))
+        r.guidance = flux ? 3.5f : 7.0f;
+    rc = pipeline_plan(p, &r, plan, sizeof plan, &em);
+    fputs(plan, stderr);
+    if (rc) {
+        fprintf(stderr, "ralu generate: %s\n", em.text);
+        goto done;
+    }
+    struct gen_hooks hooks = {.progress = progress};
+    if ((rc = pipeline_generate(p, &r, &hooks, &out, &em))) {
+        fprintf(stderr, "ralu generate: %s\n", em.text);
+        goto done;
+    }
+    double png_ms = 0;
+    for (int i = 0; i < out.n; i++) {
+        char path[1200], seed[32], steps[16], guid[32], size[32];
+        uint8_t *rgb = malloc((size_t)out.width * out.height * 3);
+        if (!rgb)
+            goto done;
+        if (out.n > 1) {
+            const char *dot = strrchr(outp, '.');
+            int stem = dot ? (int)(dot - outp) : (int)strlen(outp);
+            snprintf(path, sizeof path, "%.*s-%d%s", stem, outp, i, dot ? dot : "");
+        } else {
+            snprintf(path, sizeof path, "%s", outp);
+        }
+        snprintf(seed, sizeof seed, "%" PRIu64, r.seed + (uint64_t)i);
+        snprintf(steps, sizeof steps, "%d", r.steps);
+        snprintf(guid, sizeof guid, "%g", r.guidance);
+        snprintf(size, sizeof size, "%dx%d", out.width, out.height);
+        struct image_text txt[] = {{"prompt", r.prompt},
+                                   {"negative_prompt", r.negative_prompt ? r.negative_prompt : ""},
+                                   {"seed", seed},
+                                   {"steps", steps},
+                                   {"guidance", guid},
+                                   {"size", size},
+                                   {"model", model},
+                                   {"software", "ralu"}};
+        double t0 = clock_sec();
+        image_to_u8(out.rgb + (size_t)i * out.width * out.height * 3, out.width, out.height, rgb);
+        rc = image_png_write(path, rgb, out.width, out.height, txt, 8, &em);
+        png_ms += (clock_sec() - t0) * 1e3;
+        free(rgb);
+        if (rc) {
+            fprintf(stderr, "ralu generate: %s\n", em.text);
+            goto done;
+        }
+        printf("wrote %s\n", path);
+    }
+    printf("timings (ms): tokenize %.1f", out.t.tokenize_ms);
+    for (int i = 0; i < 3; i++)
+        if (out.t.encode_ms[i] > 0)
+            printf(", encoder%d %.1f", i + 1, out.t.encode_ms[i]);
+    printf(", denoise %.1f (%d steps, %.1f/step), vae %.1f, png %.1f, total %.1f\n",
+           out.t.denoise_ms, out.t.n_steps, out.t.n_steps ? out.t.denoise_ms / out.t.n_steps : 0,
+           out.t.vae_ms, png_ms, out.t.total_ms + png_ms);
+    printf("transformer: %d forwards, %.3g GFLOP\n", out.nfe, out.flops * 1e-9);
+    status = 0;
+done:
+    gen_output_free(&out);
+    pipeline_free(p);
+    backend_free(be);
+    return status;
+}
