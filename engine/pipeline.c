@@ -3,6 +3,7 @@
  * token ids, the initial noise and the final image. */
 #define LOG_MODULE "engine.pipeline"
 #include "engine/pipeline.h"
+#include "engine/pipeline_internal.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -22,33 +23,12 @@
 #include "engine/vae.h"
 #include "kernels/ops.h"
 
-#define CLIP_LEN 77
 
-struct pipeline {
-    struct backend *be;
-    enum pipe_family fam;
-    struct pipeline_opts o;
-    char dir[1024];
-    char comp[8][1200]; /* component folders (see enum comp) */
-    bool has[8];
-    struct schedule_config sched;
-    struct dit_config dcfg;
-    int max_seq;
-    /* loaded lazily */
-    struct tok *tok[3];
-    struct te_clip *clip[2];
-    struct te_t5 *t5;
-    struct wsrc *dit_src;
-    struct dit *dit;
-    struct vae *vae;
-};
-
-enum comp { C_TOK1, C_TOK2, C_TOK3, C_TE1, C_TE2, C_TE3, C_DIT, C_VAE };
 static const char *const comp_names[] = {"tokenizer",      "tokenizer_2",    "tokenizer_3",
                                          "text_encoder",   "text_encoder_2", "text_encoder_3",
                                          "transformer",    "vae"};
 
-static double ms_since(double t0) { return (clock_sec() - t0) * 1e3; }
+double ms_since(double t0) { return (clock_sec() - t0) * 1e3; }
 
 /* ------------------------------------------------------------------ open */
 
@@ -206,14 +186,7 @@ static int load_tokenizers(struct pipeline *p, struct err_msg *em)
 
 /* --------------------------------------------------------------- buffers */
 
-/* Request-scoped backend tensors, freed together. */
-struct bufs {
-    struct backend *be;
-    void *p[32];
-    int n;
-};
-
-static int balloc(struct bufs *b, struct tensor *t, int ndim, const int64_t *ne)
+int pipeline_balloc(struct bufs *b, struct tensor *t, int ndim, const int64_t *ne)
 {
     RALUD_ASSERT(b->n < 32);
     int rc = backend_alloc_tensor(b->be, t, DTYPE_F32, ndim, ne);
@@ -222,7 +195,7 @@ static int balloc(struct bufs *b, struct tensor *t, int ndim, const int64_t *ne)
     return rc;
 }
 
-static void bfree(struct bufs *b)
+void pipeline_bfree(struct bufs *b)
 {
     for (int i = 0; i < b->n; i++)
         b->be->ops->free(b->be, b->p[i]);
@@ -272,8 +245,8 @@ static int encode(struct pipeline *p, const char *const *texts, int nseq, struct
     ids = malloc(sizeof(int32_t) * (size_t)nseq * (L > CLIP_LEN ? L : CLIP_LEN));
     if (!ids)
         return ERR_NOMEM;
-    if ((rc = balloc(bu, &c->ctx, 3, (int64_t[]){nseq, c->t, dc->joint_attention_dim})) ||
-        (rc = balloc(bu, &c->pooled, 2, (int64_t[]){nseq, dc->pooled_projection_dim})))
+    if ((rc = pipeline_balloc(bu, &c->ctx, 3, (int64_t[]){nseq, c->t, dc->joint_attention_dim})) ||
+        (rc = pipeline_balloc(bu, &c->pooled, 2, (int64_t[]){nseq, dc->pooled_projection_dim})))
         goto done;
     op_fill(be, &c->ctx, 0.0f);
     tm->tokenize_ms = ms_since(t0);
@@ -360,14 +333,14 @@ done:
 
 /* -------------------------------------------------------------- denoising */
 
-static void probe(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
+void probe(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
                   const struct tensor *t)
 {
     if (h && h->probe)
         h->probe(h->ctx, be, name, idx, t);
 }
 
-static bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total)
+bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total)
 {
     if (h && h->cancel && atomic_load(h->cancel))
         return true;
@@ -375,17 +348,82 @@ static bool cancelled(const struct gen_hooks *h, const char *stage, int step, in
 }
 
 /* Latents in the reference layout (SD3 NCHW, FLUX packed) for a probe. */
-static void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
+void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
                           const struct tensor *x, const struct tensor *nchw)
 {
     if (!h || !h->probe)
         return;
-    if (p->fam == PIPE_SD3) {
+    if (nchw && p->fam == PIPE_SD3) {
         op_unpatchify(p->be, (struct tensor *)nchw, x, p->dcfg.patch_size, PATCH_CPQ);
         probe(h, p->be, name, idx, nchw);
     } else {
         probe(h, p->be, name, idx, x);
     }
+}
+
+void pipeline_grid_pos(const struct pipeline *p, int th, int tw, float *out)
+{
+    if (p->fam == PIPE_SD3) {
+        dit_sd3_grid_pos(p->dit, th, tw, out);
+        return;
+    }
+    for (int i = 0; i < th * tw; i++) {
+        out[3 * i] = 0;
+        out[3 * i + 1] = (float)(i / tw);
+        out[3 * i + 2] = (float)(i % tw);
+    }
+}
+
+int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const float *ts,
+                       const float *model_t, int nsteps, float unit, const char *probe_name,
+                       const struct tensor *probe_nchw)
+{
+    struct pipeline *p = d->p;
+    struct backend *be = p->be;
+    const struct dit_config *dc = &p->dcfg;
+    bool sd3 = p->fam == PIPE_SD3;
+    int n = d->n, B = d->B;
+    struct tensor xin = WVIEW3(d->xin, B, N, d->tokw), v2 = WVIEW3(d->v2, B, N, d->tokw);
+    struct tensor v = WVIEW3(d->v, n, N, d->tokw);
+    struct tensor pos = WVIEW3(d->pos, B, N, sd3 ? 2 : 3);
+    float tsv[128], gv[128];
+    int rc;
+    RALUD_ASSERT(B <= 128);
+    for (int k = 0; k < nsteps; k++) {
+        double ts0 = clock_sec();
+        for (int b = 0; b < B; b++) {
+            tsv[b] = sd3 ? model_t[k] : model_t[k] / 1000.0f;
+            gv[b] = d->guidance;
+        }
+        if (d->cfg) {
+            struct tensor lo = tensor_slice(&xin, 0, 0, n), hi = tensor_slice(&xin, 0, n, n);
+            op_copy(be, &lo, x);
+            op_copy(be, &hi, x);
+        }
+        struct dit_inputs in = {.b = B, .n = N, .t = d->T, .x = d->cfg ? &xin : x, .pos = &pos,
+                                .txt = d->txt, .txt_ids = NULL, .pooled = d->pooled,
+                                .timestep = tsv,
+                                .guidance = (!sd3 && dc->guidance_embeds) ? gv : NULL};
+        if ((rc = dit_forward(p->dit, d->dw, &in, d->cfg ? &v2 : &v)))
+            return rc;
+        d->out->nfe += B;
+        d->out->flops += dit_flops(dc, B, N, d->T);
+        if (d->cfg) {
+            struct tensor vn = tensor_slice(&v2, 0, 0, n), vp = tensor_slice(&v2, 0, n, n);
+            op_cfg(be, &v, &vn, &vp, d->cfg_scale);
+        }
+        op_axpy(be, x, x, &v, ts[k + 1] - ts[k], unit);
+        probe_latents(p, d->h, probe_name, k, x, probe_nchw);
+        if ((rc = op_sync(be)))
+            return rc;
+        int s = d->out->t.n_steps;
+        if (s < GEN_MAX_STEPS)
+            d->out->t.step_ms[s] = ms_since(ts0);
+        d->out->t.n_steps = s + 1;
+        if (cancelled(d->h, "denoise", k + 1, nsteps))
+            return ERR_CANCELLED;
+    }
+    return ERR_OK;
 }
 
 int pipeline_generate(struct pipeline *p, const struct gen_request *r, const struct gen_hooks *h,
@@ -447,15 +485,15 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     int th = lh / ph, tw = lw / ph, N = th * tw, tokw = C * ph * ph, T = cond.t;
     int B = cfg ? 2 * n : n;
     struct tensor noise, x, xin, v2, v, pos, txt, pooled, nchw;
-    if ((rc = balloc(&bu, &noise, 4, (int64_t[]){n, C, lh, lw})) ||
-        (rc = balloc(&bu, &x, 3, (int64_t[]){n, N, tokw})) ||
-        (rc = balloc(&bu, &xin, 3, (int64_t[]){B, N, tokw})) ||
-        (rc = balloc(&bu, &v2, 3, (int64_t[]){B, N, tokw})) ||
-        (rc = balloc(&bu, &v, 3, (int64_t[]){n, N, tokw})) ||
-        (rc = balloc(&bu, &pos, 3, (int64_t[]){B, N, sd3 ? 2 : 3})) ||
-        (rc = balloc(&bu, &txt, 3, (int64_t[]){B, T, dc->joint_attention_dim})) ||
-        (rc = balloc(&bu, &pooled, 2, (int64_t[]){B, dc->pooled_projection_dim})) ||
-        (rc = balloc(&bu, &nchw, 4, (int64_t[]){n, C, lh, lw})))
+    if ((rc = pipeline_balloc(&bu, &noise, 4, (int64_t[]){n, C, lh, lw})) ||
+        (rc = pipeline_balloc(&bu, &x, 3, (int64_t[]){n, N, tokw})) ||
+        (rc = pipeline_balloc(&bu, &xin, 3, (int64_t[]){B, N, tokw})) ||
+        (rc = pipeline_balloc(&bu, &v2, 3, (int64_t[]){B, N, tokw})) ||
+        (rc = pipeline_balloc(&bu, &v, 3, (int64_t[]){n, N, tokw})) ||
+        (rc = pipeline_balloc(&bu, &pos, 3, (int64_t[]){B, N, sd3 ? 2 : 3})) ||
+        (rc = pipeline_balloc(&bu, &txt, 3, (int64_t[]){B, T, dc->joint_attention_dim})) ||
+        (rc = pipeline_balloc(&bu, &pooled, 2, (int64_t[]){B, dc->pooled_projection_dim})) ||
+        (rc = pipeline_balloc(&bu, &nchw, 4, (int64_t[]){n, C, lh, lw})))
         goto done;
     host = malloc(sizeof(float) * (size_t)B * N * 3 > sizeof(float) * (size_t)n * C * lh * lw
                       ? sizeof(float) * (size_t)B * N * 3
@@ -491,64 +529,30 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     t0 = clock_sec();
     if ((rc = load_dit(p, em)))
         goto done;
-    /* positions: SD3 sin-cos table coordinates, FLUX ids (0, row, col) */
-    for (int b = 0; b < B; b++) {
-        float *pp = host + (size_t)b * N * (sd3 ? 2 : 3);
-        if (sd3)
-            dit_sd3_grid_pos(p->dit, th, tw, pp);
-        else
-            for (int i = 0; i < N; i++) {
-                pp[3 * i] = 0;
-                pp[3 * i + 1] = (float)(i / tw);
-                pp[3 * i + 2] = (float)(i % tw);
-            }
-    }
-    if ((rc = op_upload(be, pos.data, host, sizeof(float) * (size_t)B * N * (sd3 ? 2 : 3))))
-        goto done;
     if ((rc = dit_work_new(&dw, p->dit, B, N, T))) {
         err_set(em, rc, "cannot allocate transformer work buffers");
         goto done;
     }
-    double mu = p->sched.use_dynamic_shifting ? schedule_mu(&p->sched, N) : 0;
-    if ((rc = schedule_make(&sch, &p->sched, r->steps, mu)))
-        goto done;
-    float tsv[2 * 64], gv[2 * 64];
-    RALUD_ASSERT(B <= 128);
-    for (int k = 0; k < sch.n; k++) {
-        double ts0 = clock_sec();
-        for (int b = 0; b < B; b++) {
-            tsv[b] = sd3 ? sch.timesteps[k] : sch.timesteps[k] / 1000.0f;
-            gv[b] = r->guidance;
-        }
-        if (cfg) {
-            struct tensor lo = tensor_slice(&xin, 0, 0, n), hi = tensor_slice(&xin, 0, n, n);
-            op_copy(be, &lo, &x);
-            op_copy(be, &hi, &x);
-        }
-        struct dit_inputs in = {.b = B, .n = N, .t = T, .x = cfg ? &xin : &x, .pos = &pos,
-                                .txt = &txt, .txt_ids = NULL, .pooled = &pooled,
-                                .timestep = tsv,
-                                .guidance = (!sd3 && dc->guidance_embeds) ? gv : NULL};
-        if ((rc = dit_forward(p->dit, dw, &in, cfg ? &v2 : &v)))
+    struct denoise_ctx d = {.p = p, .h = h, .out = out, .dw = dw, .cfg = cfg, .n = n, .B = B,
+                            .T = T, .tokw = tokw, .txt = &txt, .pooled = &pooled, .xin = &xin,
+                            .v2 = &v2, .v = &v, .pos = &pos, .guidance = r->guidance,
+                            .cfg_scale = sd3 ? r->guidance : r->true_cfg};
+    if (r->ralu) {
+        rc = pipeline_ralu(&d, r, &x, &noise, host, em);
+    } else {
+        /* positions: SD3 sin-cos table coordinates, FLUX ids (0, row, col) */
+        for (int b = 0; b < B; b++)
+            pipeline_grid_pos(p, th, tw, host + (size_t)b * N * (sd3 ? 2 : 3));
+        if ((rc = op_upload(be, pos.data, host, sizeof(float) * (size_t)B * N * (sd3 ? 2 : 3))))
             goto done;
-        out->nfe += B;
-        out->flops += dit_flops(dc, B, N, T);
-        if (cfg) {
-            struct tensor vn = tensor_slice(&v2, 0, 0, n), vp = tensor_slice(&v2, 0, n, n);
-            op_cfg(be, &v, &vn, &vp, sd3 ? r->guidance : r->true_cfg);
-        }
-        op_axpy(be, &x, &x, &v, sch.sigmas[k + 1] - sch.sigmas[k], 1.0f);
-        probe_latents(p, h, "step_latents", k, &x, &nchw);
-        if ((rc = op_sync(be)))
+        double mu = p->sched.use_dynamic_shifting ? schedule_mu(&p->sched, N) : 0;
+        if ((rc = schedule_make(&sch, &p->sched, r->steps, mu)))
             goto done;
-        if (k < GEN_MAX_STEPS)
-            out->t.step_ms[k] = ms_since(ts0);
-        out->t.n_steps = k + 1;
-        if (cancelled(h, "denoise", k + 1, sch.n)) {
-            rc = ERR_CANCELLED;
-            goto done;
-        }
+        rc = pipeline_run_steps(&d, &x, N, sch.sigmas, sch.timesteps, sch.n, 1.0f, "step_latents",
+                                sd3 ? &nchw : NULL);
     }
+    if (rc)
+        goto done;
     out->t.denoise_ms = ms_since(t0);
     probe_latents(p, h, "latents_out", 0, &x, &nchw);
     dit_work_free(dw);
@@ -564,8 +568,8 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         const struct vae_config *vc = vae_cfg(p->vae);
         struct tensor z, img;
         op_unpatchify(be, &nchw, &x, ph, PATCH_CPQ);
-        if ((rc = balloc(&bu, &z, 4, (int64_t[]){n, lh, lw, C})) ||
-            (rc = balloc(&bu, &img, 4, (int64_t[]){n, r->height, r->width, 3})))
+        if ((rc = pipeline_balloc(&bu, &z, 4, (int64_t[]){n, lh, lw, C})) ||
+            (rc = pipeline_balloc(&bu, &img, 4, (int64_t[]){n, r->height, r->width, 3})))
             goto done;
         struct tensor zt = tensor_reshape3(&z, n, (int64_t)lh * lw, C);
         struct tensor nt = tensor_reshape3(&nchw, n, C, (int64_t)lh * lw);
@@ -600,7 +604,7 @@ done:
         err_set(em, rc, "generation failed: %s", err_str(rc));
     vae_work_free(vw);
     dit_work_free(dw);
-    bfree(&bu);
+    pipeline_bfree(&bu);
     free(host);
     if (rc) {
         free(out->rgb);

@@ -23,6 +23,8 @@
 
 enum pipe_family { PIPE_SD3 = 0, PIPE_FLUX };
 
+struct ralu_params; /* engine/ralu_sched.h */
+
 struct pipeline_opts {
     int max_width, max_height; /* sizes the activation arenas (and the 400 limits) */
     int max_batch;             /* images per request */
@@ -42,6 +44,11 @@ struct gen_request {
     uint64_t seed;    /* <= 2^53-1; image i uses seed + i */
     const float *init_latents; /* NULL, or host noise in the reference layout
                                 * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
+    const struct ralu_params *ralu; /* NULL: standard sampler; else RALU */
+    /* Test injection of RALU's draws (n == 1): re-noising noise for the two
+     * transitions in their token layouts and the raw tie-break normals;
+     * NULL = drawn from the seed. */
+    const float *ralu_noise2, *ralu_noise3, *ralu_tiebreak;
 };
 
 #define GEN_MAX_STEPS 200
@@ -54,6 +61,11 @@ struct gen_timings {
     int n_steps;
     double vae_ms;
     double total_ms;
+    /* RALU only */
+    double stage_ms[3];   /* denoising per stage */
+    double edge_decode_ms; /* low-resolution VAE decode of the x0 estimate */
+    double canny_ms;      /* gray + Canny + scores + top-K */
+    double renoise_ms;    /* both transitions: expand, gather, re-noise, sort */
 };
 
 struct gen_output {
@@ -62,6 +74,7 @@ struct gen_output {
     struct gen_timings t;
     int nfe;        /* transformer forwards (a CFG pair counts 2) */
     double flops;   /* transformer FLOPs, from dit_flops */
+    double vae_flops; /* VAE decodes (final, and RALU's edge decode) */
 };
 
 /* Called after each stage and denoise step; return nonzero to cancel. */

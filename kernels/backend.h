@@ -45,6 +45,22 @@ struct attn_params {
                                 * (T5 relative position bias), shared by the batch */
 };
 
+/* RALU token-list expansion (see op_ralu_expand). */
+struct ralu_expand_args {
+    struct tensor *idx_out;  /* [B, T] I32: source token of each output token */
+    struct tensor *gid_out;  /* [B, T, P] F32: grid ids of the output tokens */
+    struct tensor *pos_out;  /* NULL or [B, T, P] F32: gid_out + pos_off (model positions) */
+    struct tensor *dest_out; /* NULL or [B, T] I32: raster index row * grid_w + col */
+    const struct tensor *order;  /* NULL (identity) or [B, S] I32: source order */
+    const struct tensor *gid_in; /* [B, S, P] F32 */
+    int n_single, n_rep;     /* S = n_single + n_rep, T = n_single + 4 n_rep */
+    bool rep_first;          /* the repeated tokens come first (in order) */
+    float scale;             /* applied to output grid ids (2 at the last transition) */
+    int row_dim;             /* index of the row coordinate in P (col = row_dim + 1) */
+    int grid_w;              /* raster width for dest_out */
+    float pos_off[4];        /* per-coordinate offset for pos_out */
+};
+
 struct backend_ops {
     const char *name;
     void (*destroy)(struct backend *be); /* frees ctx (not be) */
@@ -111,11 +127,20 @@ struct backend_ops {
     void (*transpose)(struct backend *be, struct tensor *y, const struct tensor *x);
     void (*embed_rows)(struct backend *be, struct tensor *y, const struct tensor *table,
                        const int32_t *ids);
+    void (*ralu_expand)(struct backend *be, const struct ralu_expand_args *a);
+    void (*subsample2x)(struct backend *be, struct tensor *y, const struct tensor *x);
     void (*patch_reorder)(struct backend *be, struct tensor *y, const struct tensor *x, int p);
     void (*gather_rows)(struct backend *be, struct tensor *y, const struct tensor *x,
                         const struct tensor *idx);
     void (*scatter_rows)(struct backend *be, struct tensor *y, const struct tensor *x,
                          const struct tensor *idx);
+    /* RALU edge selection (see op_gray_u8 .. op_topk_split) */
+    void (*gray_u8)(struct backend *be, struct tensor *y, const struct tensor *x);
+    void (*canny)(struct backend *be, struct tensor *y, const struct tensor *x, int low,
+                  int high);
+    void (*block_sum)(struct backend *be, struct tensor *y, const struct tensor *x, int bs);
+    void (*topk_split)(struct backend *be, struct tensor *perm, const struct tensor *scores,
+                       const struct tensor *tiebreak, int K);
 };
 
 struct backend {

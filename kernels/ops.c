@@ -226,6 +226,40 @@ void op_unpatchify(struct backend *be, struct tensor *y, const struct tensor *x,
     CALL(be, unpatchify, y, x, p, order);
 }
 
+void op_ralu_expand(struct backend *be, const struct ralu_expand_args *a)
+{
+    const struct tensor *gi = a->gid_in;
+    int64_t B = gi->ne[0], S = gi->ne[1], P = gi->ne[2], T = a->n_single + 4 * (int64_t)a->n_rep;
+    A(is_f32(gi) && tensor_is_contiguous(gi) && gi->ndim == 3 && a->n_single >= 0 &&
+      a->n_rep >= 0 && a->n_single + a->n_rep == S && a->row_dim >= 0 && a->row_dim + 1 < P &&
+      P <= 4);
+    A(a->idx_out->dtype == DTYPE_I32 && tensor_is_contiguous(a->idx_out) &&
+      a->idx_out->ndim == 2 && a->idx_out->ne[0] == B && a->idx_out->ne[1] == T);
+    A(is_f32(a->gid_out) && tensor_is_contiguous(a->gid_out) && a->gid_out->ndim == 3 &&
+      a->gid_out->ne[0] == B && a->gid_out->ne[1] == T && a->gid_out->ne[2] == P);
+    if (a->pos_out)
+        A(is_f32(a->pos_out) && tensor_is_contiguous(a->pos_out) &&
+          tensor_same_shape(a->pos_out, a->gid_out));
+    if (a->dest_out)
+        A(a->dest_out->dtype == DTYPE_I32 && tensor_is_contiguous(a->dest_out) &&
+          tensor_same_shape(a->dest_out, a->idx_out) && a->grid_w > 0);
+    if (a->order)
+        A(a->order->dtype == DTYPE_I32 && tensor_is_contiguous(a->order) &&
+          a->order->ndim == 2 && a->order->ne[0] == B && a->order->ne[1] == S);
+    be->ops->op_begin(be);
+    be->ops->ralu_expand(be, a);
+    be->ops->op_end(be);
+}
+
+void op_subsample2x(struct backend *be, struct tensor *y, const struct tensor *x)
+{
+    A(is_f32(x) && is_f32(y) && x->ndim == 4 && y->ndim == 4 && tensor_is_contiguous(x) &&
+      tensor_is_contiguous(y) && x->ne[2] % 2 == 0 && x->ne[3] % 2 == 0);
+    A(y->ne[0] == x->ne[0] && y->ne[1] == x->ne[1] && y->ne[2] == x->ne[2] / 2 &&
+      y->ne[3] == x->ne[3] / 2);
+    CALL(be, subsample2x, y, x);
+}
+
 void op_patch_reorder(struct backend *be, struct tensor *y, const struct tensor *x, int p)
 {
     A(is_f32(x) && is_f32(y) && tensor_same_shape(x, y) && x->ndim == 3 && p >= 1);
@@ -311,6 +345,50 @@ void op_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *
 {
     check_rows_idx(y, x, idx);
     CALL(be, scatter_rows, y, x, idx);
+}
+
+static bool is_u8_img(const struct tensor *t)
+{
+    return t->dtype == DTYPE_U8 && t->ndim == 3 && tensor_is_contiguous(t);
+}
+
+void op_gray_u8(struct backend *be, struct tensor *y, const struct tensor *x)
+{
+    A(is_f32(x) && tensor_is_contiguous(x) && x->ndim == 4 && x->ne[3] == 3);
+    A((y->dtype == DTYPE_U8 || y->dtype == DTYPE_F32) && y->ndim == 3 &&
+      tensor_is_contiguous(y) && y->ne[0] == x->ne[0] && y->ne[1] == x->ne[1] &&
+      y->ne[2] == x->ne[2]);
+    CALL(be, gray_u8, y, x);
+}
+
+void op_canny(struct backend *be, struct tensor *y, const struct tensor *x, int low, int high)
+{
+    A(is_u8_img(x) && is_u8_img(y) && tensor_same_shape(x, y) && x->data != y->data);
+    A(x->ne[1] * x->ne[2] < INT32_MAX && low <= high);
+    CALL(be, canny, y, x, low, high);
+}
+
+void op_block_sum(struct backend *be, struct tensor *y, const struct tensor *x, int bs)
+{
+    A(is_u8_img(x) && bs >= 1 && x->ne[1] % bs == 0 && x->ne[2] % bs == 0);
+    A(is_f32(y) && tensor_is_contiguous(y) && y->ne[0] == x->ne[0] &&
+      (y->ndim == 2 || y->ndim == 3) &&
+      tensor_nelem(y) == x->ne[0] * (x->ne[1] / bs) * (x->ne[2] / bs));
+    if (y->ndim == 3)
+        A(y->ne[1] == x->ne[1] / bs && y->ne[2] == x->ne[2] / bs);
+    CALL(be, block_sum, y, x, bs);
+}
+
+void op_topk_split(struct backend *be, struct tensor *perm, const struct tensor *scores,
+                   const struct tensor *tiebreak, int K)
+{
+    A(is_f32(scores) && tensor_is_contiguous(scores) && scores->ndim == 2);
+    A(perm->dtype == DTYPE_I32 && tensor_is_contiguous(perm) && tensor_same_shape(perm, scores));
+    if (tiebreak)
+        A(is_f32(tiebreak) && tensor_is_contiguous(tiebreak) &&
+          tensor_same_shape(tiebreak, scores));
+    A(K >= 0 && K <= scores->ne[1] && scores->ne[1] <= INT32_MAX);
+    CALL(be, topk_split, perm, scores, tiebreak, K);
 }
 
 int op_upload(struct backend *be, void *dst, const void *src, size_t n)

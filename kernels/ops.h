@@ -96,6 +96,20 @@ void op_patchify(struct backend *be, struct tensor *y, const struct tensor *x, i
 /* x [B, (H/p)(W/p), C*p*p] -> y [B, C, H, W], feature order as given. */
 void op_unpatchify(struct backend *be, struct tensor *y, const struct tensor *x, int p,
                    enum patch_order order);
+/* RALU upsampling plan for one transition, per sample. The S source tokens
+ * are taken in `order` (identity when NULL) and split into n_single tokens
+ * kept as they are and n_rep tokens each replaced by 4 children; with
+ * rep_first the first n_rep of the order are the repeated ones, otherwise the
+ * last n_rep. Output token t gets its source index (idx_out, for
+ * op_gather_rows) and grid ids: a single keeps its ids; child k of a repeated
+ * token gets (row + k/2 * 0.5, col + k%2 * 0.5), in the order (0,0), (0,.5),
+ * (.5,0), (.5,.5) as the reference code; then ids are multiplied by scale.
+ * pos_out (optional) = gid_out + pos_off; dest_out (optional) = raster index
+ * row * grid_w + col of integer ids (for the final sort by op_scatter_rows). */
+void op_ralu_expand(struct backend *be, const struct ralu_expand_args *a);
+/* Nearest 1/2 downsampling keeping even pixels: y[b,c,i,j] = x[b,c,2i,2j];
+ * x [B, C, H, W] NCHW with H, W even, y [B, C, H/2, W/2]. */
+void op_subsample2x(struct backend *be, struct tensor *y, const struct tensor *x);
 /* Per token, reorder features from (dy, dx, c) to (c, dy, dx):
  * y[.., c*p*p + dy*p + dx] = x[.., (dy*p + dx)*C + c], C = width/(p*p).
  * x, y [B, N, C*p*p]; not in place. (SD3's proj_out emits (p, q, c) while its
@@ -108,6 +122,42 @@ void op_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x
 /* y[b, idx[b, m]] = x[b, m]. */
 void op_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *x,
                      const struct tensor *idx);
+
+/* ---- RALU edge selection (spec 4.2; vectors README `canny`) ----
+ * Decoded image -> 8-bit gray -> Canny -> per-token edge scores -> top-K.
+ * All tensors contiguous; every image of a batch is independent. */
+/* The RALU gray quirk on the RAW decoder output (no (x+1)/2 remap):
+ * g = (0.299f R + 0.587f G) + 0.114f B in f32, one rounding per step.
+ * x [B, H, W, 3] F32 (NHWC); y [B, H, W] U8 gets uint8(trunc(clip(g, 0, 1)
+ * * 255)) (NaN -> 0), or, when y is F32, g itself (before the clip). */
+void op_gray_u8(struct backend *be, struct tensor *y, const struct tensor *x);
+/* cv2.Canny(x, low, high) of OpenCV 4.x's generic path with apertureSize 3
+ * and L2gradient false, bit-exact: 3x3 Sobel with replicated borders,
+ * m = |gx| + |gy| (int); direction sectors in Q15 (tan 22.5 = 13573/2^15);
+ * non-maximum suppression keeps m > prev && m >= next along rows and
+ * columns (prev = left / upper: of two equal neighbours the left / upper
+ * one survives) and is strict on both sides along the diagonal chosen by
+ * sign(gx * gy); magnitude outside the image is 0, so border pixels can be
+ * edges; hysteresis is 8-connected from pixels with m > high through NMS
+ * survivors with m > low (integer thresholds, both strict; cv2's doubles are
+ * floored by the caller: 100 and 200 for RALU). x, y [B, H, W] U8, y gets
+ * 0 / 255; not in place. Any H, W >= 1 with H*W < 2^31 and W within the CPU
+ * scratch (about 350k); memory use is bounded whatever the image height. */
+void op_canny(struct backend *be, struct tensor *y, const struct tensor *x, int low, int high);
+/* Per-token edge scores: y[b, i * (W/bs) + j] = sum of x over the pixel block
+ * [i*bs, i*bs + bs) x [j*bs, j*bs + bs), as F32 (exact). x [B, H, W] U8 with
+ * H, W multiples of bs; y F32 [B, H/bs, W/bs] or [B, (H/bs)(W/bs)]. bs = 16
+ * for an 8x VAE with 2x2 token patches. */
+void op_block_sum(struct backend *be, struct tensor *y, const struct tensor *x, int bs);
+/* Top-K split of M tokens per sample. key = scores + f32(tiebreak * 1e-6f)
+ * (f32, the reference's order; tiebreak may be NULL: key = scores; NaN
+ * keys rank lowest). The K tokens selected are those first in the order
+ * (higher key first; equal keys: lower token index first). perm [B, M] I32
+ * gets the M-K tokens not selected in ascending index order (RALU's idx_1x)
+ * followed by the K selected, ascending (idx_2x). scores, tiebreak [B, M]
+ * F32; 0 <= K <= M. */
+void op_topk_split(struct backend *be, struct tensor *perm, const struct tensor *scores,
+                   const struct tensor *tiebreak, int K);
 
 /* ---- image and text-encoder ops ----
  * Images are NHWC ([B, H, W, C], channels innermost) inside the engine: a

@@ -187,9 +187,15 @@ static const struct backend_ops cpu_ops = {
     .upsample2x = cpu_upsample2x,
     .transpose = cpu_transpose,
     .embed_rows = cpu_embed_rows,
+    .ralu_expand = cpu_ralu_expand,
+    .subsample2x = cpu_subsample2x,
     .patch_reorder = cpu_patch_reorder,
     .gather_rows = cpu_gather_rows,
     .scatter_rows = cpu_scatter_rows,
+    .gray_u8 = cpu_gray_u8,
+    .canny = cpu_canny,
+    .block_sum = cpu_block_sum,
+    .topk_split = cpu_topk_split,
 };
 
 int cpu_backend_new(struct backend **out, const struct backend_opts *opts)

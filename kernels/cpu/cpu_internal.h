@@ -71,11 +71,19 @@ void cpu_upsample2x(struct backend *be, struct tensor *y, const struct tensor *x
 void cpu_transpose(struct backend *be, struct tensor *y, const struct tensor *x);
 void cpu_embed_rows(struct backend *be, struct tensor *y, const struct tensor *table,
                     const int32_t *ids);
+void cpu_ralu_expand(struct backend *be, const struct ralu_expand_args *a);
+void cpu_subsample2x(struct backend *be, struct tensor *y, const struct tensor *x);
 void cpu_patch_reorder(struct backend *be, struct tensor *y, const struct tensor *x, int p);
 void cpu_gather_rows(struct backend *be, struct tensor *y, const struct tensor *x,
                      const struct tensor *idx);
 void cpu_scatter_rows(struct backend *be, struct tensor *y, const struct tensor *x,
                       const struct tensor *idx);
+/* edges.c */
+void cpu_gray_u8(struct backend *be, struct tensor *y, const struct tensor *x);
+void cpu_canny(struct backend *be, struct tensor *y, const struct tensor *x, int low, int high);
+void cpu_block_sum(struct backend *be, struct tensor *y, const struct tensor *x, int bs);
+void cpu_topk_split(struct backend *be, struct tensor *perm, const struct tensor *scores,
+                    const struct tensor *tiebreak, int K);
 
 int cpu_backend_new(struct backend **out, const struct backend_opts *opts);
 
@@ -84,5 +92,8 @@ int cpu_backend_new(struct backend **out, const struct backend_opts *opts);
  * the softmax's vectorised expf (libm expf on the scalar path) to n floats. */
 void cpu__attention_force_scalar(bool on);
 void cpu__attention_exp(float *y, const float *x, int64_t n);
+/* Test hook (edges.c): cap the Canny hysteresis stack at cap entries (0 =
+ * the whole scratch) to exercise the overflow rescan. */
+void cpu__canny_stack_cap(int64_t cap);
 
 #endif

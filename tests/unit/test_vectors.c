@@ -13,18 +13,16 @@
 #define VEC_DIR DATA_DIR "/vectors"
 #define SINGLE_DIR DATA_DIR "/single"
 
-/* Kinds implemented so far; each must pass all of its indexed cases. A
- * test runs the cases whose names contain its filter and checks the covered
- * kinds listed under that filter. */
+/* Kinds implemented so far; each must pass all of its indexed cases (a SKIP
+ * fails). Transformer kinds run twice with --single-file. */
 static const struct {
-    const char *kind, *filter;
+    const char *kind;
+    bool single_file;
 } covered[] = {
-    {"sd3_transformer", "transformer"},
-    {"flux_transformer", "transformer"},
-    {"clip_text_encoder", "text_encoder"},
-    {"t5_encoder", "text_encoder"},
-    {"vae_decode", "_vae_"},
-    {"vae_encode", "_vae_"},
+    {"sd3_transformer", true}, {"flux_transformer", true}, {"clip_text_encoder", false},
+    {"t5_encoder", false},     {"vae_decode", false},      {"vae_encode", false},
+    {"scheduler", false},      {"scheduler_step", false},  {"tokenizer", false},
+    {"sd3_pipeline", false},   {"flux_pipeline", false},   {"ralu_ntdm", false},
 };
 
 static int index_count(const char *kind)
@@ -43,15 +41,14 @@ static int index_count(const char *kind)
     return n;
 }
 
-static void run_and_check(const struct cv_opts *o, int runs_per_case)
+static void run_and_check(const struct cv_opts *o)
 {
     struct cv_summary s;
     ck_assert_int_eq(cv_run(o, &s, stdout), 0);
     ck_assert_int_eq(s.fail, 0);
     for (size_t k = 0; k < sizeof covered / sizeof *covered; k++) {
-        if (strcmp(covered[k].filter, o->filter) != 0)
-            continue;
-        int want = index_count(covered[k].kind) * runs_per_case, got = -1, skip = 0;
+        int runs = covered[k].single_file && o->single_dir ? 2 : 1;
+        int want = index_count(covered[k].kind) * runs, got = -1, skip = 0;
         ck_assert_int_gt(want, 0);
         for (int i = 0; i < s.n_kinds; i++)
             if (strcmp(s.kinds[i].kind, covered[k].kind) == 0) {
@@ -63,60 +60,27 @@ static void run_and_check(const struct cv_opts *o, int runs_per_case)
     }
 }
 
-START_TEST(test_vectors_transformers_pass_on_diffusers_and_single_file)
+START_TEST(test_vectors_all_kinds_pass_on_diffusers_and_single_file)
 {
-    struct cv_opts o = {.dir = VEC_DIR, .single_dir = SINGLE_DIR, .threads = 2,
-                        .filter = "transformer"};
-    run_and_check(&o, 2);
+    struct cv_opts o = {.dir = VEC_DIR, .single_dir = SINGLE_DIR, .threads = 2};
+    run_and_check(&o);
 }
 END_TEST
 
-START_TEST(test_vectors_transformers_pass_with_activations_protected_outside_ops)
+START_TEST(test_vectors_all_kinds_pass_with_activations_protected_outside_ops)
 {
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true, .filter = "transformer"};
-    run_and_check(&o, 1);
-}
-END_TEST
-
-START_TEST(test_vectors_text_encoders_pass)
-{
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 2, .filter = "text_encoder"};
-    run_and_check(&o, 1);
-}
-END_TEST
-
-START_TEST(test_vectors_text_encoders_pass_with_activations_protected_outside_ops)
-{
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true, .filter = "text_encoder"};
-    run_and_check(&o, 1);
-}
-END_TEST
-
-START_TEST(test_vectors_vae_decode_and_encode_pass)
-{
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 2, .filter = "_vae_"};
-    run_and_check(&o, 1);
-}
-END_TEST
-
-START_TEST(test_vectors_vae_pass_with_activations_protected_outside_ops)
-{
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true, .filter = "_vae_"};
-    run_and_check(&o, 1);
+    struct cv_opts o = {.dir = VEC_DIR, .threads = 1, .strict = true};
+    run_and_check(&o);
 }
 END_TEST
 
 static Suite *vectors_suite(void)
 {
     Suite *s = suite_create("vectors");
-    TCase *tc = tcase_create("transformer");
+    TCase *tc = tcase_create("all");
     tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, test_vectors_transformers_pass_on_diffusers_and_single_file);
-    tcase_add_test(tc, test_vectors_transformers_pass_with_activations_protected_outside_ops);
-    tcase_add_test(tc, test_vectors_text_encoders_pass);
-    tcase_add_test(tc, test_vectors_text_encoders_pass_with_activations_protected_outside_ops);
-    tcase_add_test(tc, test_vectors_vae_decode_and_encode_pass);
-    tcase_add_test(tc, test_vectors_vae_pass_with_activations_protected_outside_ops);
+    tcase_add_test(tc, test_vectors_all_kinds_pass_on_diffusers_and_single_file);
+    tcase_add_test(tc, test_vectors_all_kinds_pass_with_activations_protected_outside_ops);
     suite_add_tcase(s, tc);
     return s;
 }

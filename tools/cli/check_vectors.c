@@ -96,13 +96,16 @@ static const struct {
     {"sd3_transformer", cv_run_transformer, true},
     {"flux_transformer", cv_run_transformer, true},
     {"scheduler", cv_run_scheduler, false},
+    {"tokenizer", cv_run_tokenizer, false},
     {"sd3_pipeline", cv_run_pipeline, false},
     {"flux_pipeline", cv_run_pipeline, false},
+    {"ralu_pipeline", cv_run_pipeline, false},
     {"scheduler_step", cv_run_scheduler_step, false},
     {"clip_text_encoder", cv_run_clip_text_encoder, false},
     {"t5_encoder", cv_run_t5_encoder, false},
     {"vae_decode", cv_run_vae_decode, false},
     {"vae_encode", cv_run_vae_encode, false},
+    {"ralu_ntdm", cv_run_ralu_ntdm, false},
 };
 
 

@@ -76,9 +76,16 @@ int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_resu
 int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                       struct err_msg *em);
 
+/* cv_ralu_ntdm.c */
+int cv_run_ralu_ntdm(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                     struct err_msg *em);
+
 int cv_run_pipeline(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                     struct err_msg *em);
 /* Free the pipelines cv_run_pipeline keeps open across cases. */
 void cv_pipeline_release(struct cv_ctx *x);
+
+int cv_run_tokenizer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                     struct err_msg *em);
 
 #endif
