@@ -579,6 +579,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         if ((rc = vae_work_new(&vw, p->vae, n, r->height, r->width)) ||
             (rc = vae_decode(p->vae, vw, &z, &img)))
             goto done;
+        out->vae_flops += vae_decode_flops(vc, n, lh, lw);
         op_affine(be, &img, &img, 0.0f, 1.0f, 2.0f, 0.5f, 0.0f, 1.0f);
         probe(h, be, "image", 0, &img);
         out->rgb = malloc(sizeof(float) * (size_t)n * r->height * r->width * 3);

@@ -10,6 +10,7 @@
 #include "base/clock.h"
 #include "engine/image.h"
 #include "engine/pipeline.h"
+#include "engine/ralu_sched.h"
 #include "engine/rng.h"
 #include "tools/cli/cli.h"
 
@@ -30,7 +31,12 @@ static void usage(FILE *f)
             "  --no-t5              SD3 without its T5 encoder (zeros, as the reference)\n"
             "  --threads N          CPU threads (default 2)\n"
             "  --bf16               bf16-compute matmuls\n"
-            "  --mem-limit MB       refuse plans above this (default: MemAvailable)\n");
+            "  --mem-limit MB       refuse plans above this (default: MemAvailable)\n"
+            "  --ralu PRESET|off    region-adaptive latent upsampling: FLUX 4x, 5x, 7x;\n"
+            "                       SD3 2x, 3x; or custom with --ralu-N, --ralu-e, --ralu-r\n"
+            "  --ralu-N n1,n2,n3    custom RALU: steps per stage (h and Z from the NT-DM\n"
+            "  --ralu-e e1,e2       optimiser), stage ends in (0, 1), upsampling ratio\n"
+            "  --ralu-r r\n");
 }
 
 static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out)
@@ -77,6 +83,7 @@ int cli_generate(int argc, char **argv)
                             .true_cfg = 1.0f};
     struct pipeline_opts po = {0};
     struct backend_opts bo = {.n_threads = 2};
+    const char *ralu = NULL, *ralu_n = NULL, *ralu_e = NULL, *ralu_r = NULL;
     long long v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -140,6 +147,18 @@ int cli_generate(int argc, char **argv)
         } else if (!strcmp(a, "--vae")) {
             NEED();
             po.vae_path = val;
+        } else if (!strcmp(a, "--ralu")) {
+            NEED();
+            ralu = val;
+        } else if (!strcmp(a, "--ralu-N")) {
+            NEED();
+            ralu_n = val;
+        } else if (!strcmp(a, "--ralu-e")) {
+            NEED();
+            ralu_e = val;
+        } else if (!strcmp(a, "--ralu-r")) {
+            NEED();
+            ralu_r = val;
         } else if (!strcmp(a, "--no-t5")) {
             po.no_t5 = true;
         } else if (!strcmp(a, "--bf16")) {
@@ -179,6 +198,40 @@ int cli_generate(int argc, char **argv)
         r.height = 1024;
     if (isnan(r.guidance))
         r.guidance = flux ? 3.5f : 7.0f;
+    struct ralu_params rp;
+    if (ralu_n || ralu_e || ralu_r) {
+        int N[3];
+        double e[3] = {0, 0, 1}, rr = 0;
+        if (!ralu_n || !ralu_e || !ralu_r ||
+            sscanf(ralu_n, "%d,%d,%d", &N[0], &N[1], &N[2]) != 3 ||
+            sscanf(ralu_e, "%lf,%lf", &e[0], &e[1]) != 2 || sscanf(ralu_r, "%lf", &rr) != 1) {
+            fprintf(stderr, "ralu generate: custom RALU needs --ralu-N n1,n2,n3 --ralu-e e1,e2 "
+                            "--ralu-r r\n");
+            goto done;
+        }
+        if ((rc = ralu_ntdm_optimise(N, e, RALU_H_ORI_DEFAULT, &rp))) {
+            fprintf(stderr, "ralu generate: --ralu-N/--ralu-e: invalid stage configuration\n");
+            goto done;
+        }
+        rp.r = rr;
+        if ((rc = ralu_params_validate(&rp, &em))) {
+            fprintf(stderr, "ralu generate: %s\n", em.text);
+            goto done;
+        }
+        r.ralu = &rp;
+    } else if (ralu && strcmp(ralu, "off") != 0) {
+        rc = ralu_preset(ralu, flux ? RALU_FAMILY_FLUX : RALU_FAMILY_SD3, &rp);
+        if (rc) {
+            fprintf(stderr, "ralu generate: --ralu %s: %s\n", ralu,
+                    rc == ERR_UNSUPPORTED ? "a preset of the other model family (FLUX: 4x, 5x, "
+                                            "7x; SD3: 2x, 3x)"
+                                          : "unknown preset (FLUX: 4x, 5x, 7x; SD3: 2x, 3x; off)");
+            goto done;
+        }
+        r.ralu = &rp;
+    }
+    if (r.ralu)
+        r.steps = r.ralu->N[0] + r.ralu->N[1] + r.ralu->N[2];
     rc = pipeline_plan(p, &r, plan, sizeof plan, &em);
     fputs(plan, stderr);
     if (rc) {
@@ -233,7 +286,13 @@ int cli_generate(int argc, char **argv)
     printf(", denoise %.1f (%d steps, %.1f/step), vae %.1f, png %.1f, total %.1f\n",
            out.t.denoise_ms, out.t.n_steps, out.t.n_steps ? out.t.denoise_ms / out.t.n_steps : 0,
            out.t.vae_ms, png_ms, out.t.total_ms + png_ms);
-    printf("transformer: %d forwards, %.3g GFLOP\n", out.nfe, out.flops * 1e-9);
+    if (r.ralu)
+        printf("ralu (ms): stage1 %.1f, stage2 %.1f, stage3 %.1f, edge decode %.1f, "
+               "canny+top-k %.1f, re-noise %.1f\n",
+               out.t.stage_ms[0], out.t.stage_ms[1], out.t.stage_ms[2], out.t.edge_decode_ms,
+               out.t.canny_ms, out.t.renoise_ms);
+    printf("transformer: %d forwards, %.3g GFLOP; vae %.3g GFLOP\n", out.nfe, out.flops * 1e-9,
+           out.vae_flops * 1e-9);
     status = 0;
 done:
     gen_output_free(&out);
