@@ -19,8 +19,8 @@
 /* ---- gray quirk ---- */
 
 struct gray_job {
-    struct tensor *y;        /* [B, H, W] U8 or F32 */
-    const struct tensor *x;  /* [B, H, W, 3] F32 */
+    struct tensor *y;       /* [B, H, W] U8 or F32 */
+    const struct tensor *x; /* [B, H, W, 3] F32 */
     int64_t rows, per_task, W;
 };
 
@@ -78,7 +78,7 @@ void cpu__canny_stack_cap(int64_t cap) { g_stack_cap = cap; }
 
 /* One magnitude row with a zero on each side, and its Sobel components. */
 struct canny_row {
-    int32_t *mag; /* [W + 2]; mag[0] and mag[W + 1] are the zero border */
+    int32_t *mag;     /* [W + 2]; mag[0] and mag[W + 1] are the zero border */
     int16_t *dx, *dy; /* [W] */
 };
 
@@ -237,8 +237,8 @@ static void canny_hyst_task(void *arg, int64_t b, int thread)
 
 void cpu_canny(struct backend *be, struct tensor *y, const struct tensor *x, int low, int high)
 {
-    struct canny_job j = {.y = y, .x = x, .low = low, .high = high, .H = x->ne[1],
-                          .W = x->ne[2], .be = be};
+    struct canny_job j = {
+        .y = y, .x = x, .low = low, .high = high, .H = x->ne[1], .W = x->ne[2], .be = be};
     j.rows = x->ne[0] * j.H;
     if (j.rows == 0 || j.W == 0)
         return;
@@ -287,9 +287,9 @@ void cpu_block_sum(struct backend *be, struct tensor *y, const struct tensor *x,
 /* ---- top-K split ---- */
 
 struct topk_job {
-    struct tensor *perm;             /* [B, M] I32 */
-    const struct tensor *scores;     /* [B, M] F32 */
-    const struct tensor *tiebreak;   /* [B, M] F32 or NULL */
+    struct tensor *perm;           /* [B, M] I32 */
+    const struct tensor *scores;   /* [B, M] F32 */
+    const struct tensor *tiebreak; /* [B, M] F32 or NULL */
     int64_t M, K;
     struct backend *be;
 };
@@ -371,8 +371,8 @@ static void topk_task(void *arg, int64_t b, int thread)
 void cpu_topk_split(struct backend *be, struct tensor *perm, const struct tensor *scores,
                     const struct tensor *tiebreak, int K)
 {
-    struct topk_job j = {.perm = perm, .scores = scores, .tiebreak = tiebreak,
-                         .M = scores->ne[1], .K = K, .be = be};
+    struct topk_job j = {
+        .perm = perm, .scores = scores, .tiebreak = tiebreak, .M = scores->ne[1], .K = K, .be = be};
     RALUD_ASSERT((size_t)j.M * (sizeof(struct topk_item) + 1) <= CPU_SCRATCH_BYTES &&
                  "op_topk_split: too many tokens for the CPU scratch");
     if (scores->ne[0] == 0 || j.M == 0)

@@ -23,6 +23,7 @@ static const struct {
     {"t5_encoder", false},     {"vae_decode", false},      {"vae_encode", false},
     {"scheduler", false},      {"scheduler_step", false},  {"tokenizer", false},
     {"sd3_pipeline", false},   {"flux_pipeline", false},   {"ralu_ntdm", false},
+    {"canny", false},          {"ralu_edge_select", false}, {"ralu_pipeline", false},
 };
 
 static int index_count(const char *kind)

@@ -106,6 +106,8 @@ static const struct {
     {"vae_decode", cv_run_vae_decode, false},
     {"vae_encode", cv_run_vae_encode, false},
     {"ralu_ntdm", cv_run_ralu_ntdm, false},
+    {"canny", cv_run_canny, false},
+    {"ralu_edge_select", cv_run_ralu_edge_select, false},
 };
 
 

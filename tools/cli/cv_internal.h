@@ -76,6 +76,11 @@ int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_resu
 int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                       struct err_msg *em);
 
+/* cv_ralu_edges.c */
+int cv_run_canny(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
+int cv_run_ralu_edge_select(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
+                            struct err_msg *em);
+
 /* cv_ralu_ntdm.c */
 int cv_run_ralu_ntdm(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                      struct err_msg *em);
