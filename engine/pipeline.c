@@ -60,6 +60,12 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
         p->o.max_batch = 1;
     snprintf(p->dir, sizeof p->dir, "%s", model_dir);
     snprintf(path, sizeof path, "%s/model_index.json", model_dir);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        rc = err_set(em, ERR_NOTFOUND, "%s: not a diffusers pipeline folder (no model_index.json)",
+                     model_dir);
+        goto fail;
+    }
     if ((rc = ju_load(&idx, path, em)) || (rc = ju_str(idx, "_class_name", &cls, path, em)))
         goto fail;
     if (cls && strstr(cls, "StableDiffusion3")) {
@@ -374,6 +380,16 @@ void pipeline_grid_pos(const struct pipeline *p, int th, int tw, float *out)
     }
 }
 
+int pipeline_schedule(const struct pipeline *p, int steps, int n_tokens, struct schedule *out)
+{
+    double mu = p->sched.use_dynamic_shifting ? schedule_mu(&p->sched, n_tokens) : 0;
+    /* SD3 pipelines let the scheduler space the timesteps; FLUX pipelines
+     * always pass linspace(1, 1/n, n) sigmas, also with a static shift. */
+    if (p->fam == PIPE_FLUX)
+        return schedule_make_flux(out, &p->sched, steps, mu);
+    return schedule_make(out, &p->sched, steps, mu);
+}
+
 int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const float *ts,
                        const float *model_t, int nsteps, float unit, const char *probe_name,
                        const struct tensor *probe_nchw)
@@ -545,8 +561,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
             pipeline_grid_pos(p, th, tw, host + (size_t)b * N * (sd3 ? 2 : 3));
         if ((rc = op_upload(be, pos.data, host, sizeof(float) * (size_t)B * N * (sd3 ? 2 : 3))))
             goto done;
-        double mu = p->sched.use_dynamic_shifting ? schedule_mu(&p->sched, N) : 0;
-        if ((rc = schedule_make(&sch, &p->sched, r->steps, mu)))
+        if ((rc = pipeline_schedule(p, r->steps, N, &sch)))
             goto done;
         rc = pipeline_run_steps(&d, &x, N, sch.sigmas, sch.timesteps, sch.n, 1.0f, "step_latents",
                                 sd3 ? &nchw : NULL);

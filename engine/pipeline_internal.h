@@ -64,6 +64,10 @@ struct denoise_ctx {
 int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const float *ts,
                        const float *model_t, int nsteps, float unit, const char *probe_name,
                        const struct tensor *probe_nchw);
+/* The standard sampler's schedule for `steps` steps over n_tokens image
+ * tokens (mu for a dynamic shift), as the family's diffusers pipeline
+ * builds it. */
+int pipeline_schedule(const struct pipeline *p, int steps, int n_tokens, struct schedule *out);
 /* Grid positions of a th x tw token grid: SD3 table coordinates, FLUX ids. */
 void pipeline_grid_pos(const struct pipeline *p, int th, int tw, float *out);
 /* The RALU sampler: x [n, M, tokw] in, final full-resolution latents out;

@@ -92,18 +92,25 @@ int schedule_from_sigmas(struct schedule *s, const struct schedule_config *c, co
     return ERR_OK;
 }
 
+int schedule_make_flux(struct schedule *s, const struct schedule_config *c, int n, double mu)
+{
+    double sig[SCHEDULE_MAX_STEPS];
+    if (n < 1 || n > SCHEDULE_MAX_STEPS)
+        return ERR_INVAL;
+    /* FluxPipeline: np.linspace(1.0, 1/n, n) */
+    double step = n == 1 ? 0 : (1.0 / n - 1.0) / (n - 1);
+    for (int i = 0; i < n; i++)
+        sig[i] = i == n - 1 ? 1.0 / n : (double)i * step + 1.0;
+    return schedule_from_sigmas(s, c, sig, n, mu);
+}
+
 int schedule_make(struct schedule *s, const struct schedule_config *c, int n, double mu)
 {
     double sig[SCHEDULE_MAX_STEPS];
     if (n < 1 || n > SCHEDULE_MAX_STEPS)
         return ERR_INVAL;
-    if (c->use_dynamic_shifting) {
-        /* FluxPipeline: np.linspace(1.0, 1/n, n) */
-        double step = n == 1 ? 0 : (1.0 / n - 1.0) / (n - 1);
-        for (int i = 0; i < n; i++)
-            sig[i] = i == n - 1 ? 1.0 / n : (double)i * step + 1.0;
-        return schedule_from_sigmas(s, c, sig, n, mu);
-    }
+    if (c->use_dynamic_shifting)
+        return schedule_make_flux(s, c, n, mu);
     /* __init__: the training table in f32, shifted once; sigma_min is its
      * last entry (float32 -> Python float). */
     float nt = (float)c->num_train_timesteps;

@@ -42,6 +42,10 @@ double schedule_mu(const struct schedule_config *c, int seq);
 /* n steps. Static shift unless the config says dynamic, in which case mu is
  * used (FLUX pipeline sigmas linspace(1, 1/n, n)). */
 int schedule_make(struct schedule *s, const struct schedule_config *c, int n, double mu);
+/* What FluxPipeline does whatever the config: sigmas linspace(1, 1/n, n),
+ * then the configured shift (dynamic with mu, or the static shift, e.g.
+ * FLUX.1-schnell's use_dynamic_shifting false / shift 1.0: unshifted). */
+int schedule_make_flux(struct schedule *s, const struct schedule_config *c, int n, double mu);
 /* Explicit sigmas (length n, before shifting), shifted as configured. */
 int schedule_from_sigmas(struct schedule *s, const struct schedule_config *c, const double *sig,
                          int n, double mu);

@@ -41,6 +41,22 @@ void backend_free(struct backend *be)
     free(be);
 }
 
+int backend_thread_work(struct backend *be, int64_t *counts, int cap)
+{
+    if (strcmp(be->ops->name, "cpu") != 0)
+        return 0;
+    struct pool *pl = cpu_pool(be);
+    int n = pool_threads(pl);
+    int64_t *all = calloc((size_t)n, sizeof *all);
+    if (!all)
+        return 0;
+    pool_task_counts(pl, all);
+    for (int i = 0; i < n && i < cap; i++)
+        counts[i] = all[i];
+    free(all);
+    return n;
+}
+
 int backend_alloc_tensor(struct backend *be, struct tensor *t, enum dtype dt, int ndim,
                          const int64_t *ne)
 {

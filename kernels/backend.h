@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kernels/tensor.h"
 
@@ -162,6 +163,12 @@ struct backend_opts {
 int backend_new(struct backend **out, const char *kind, const struct backend_opts *opts);
 void backend_free(struct backend *be);
 bool backend_available(const char *kind);
+
+/* Tasks run by each CPU worker thread since the backend was created (thread
+ * 0 is the calling thread): writes min(threads, cap) counts and returns the
+ * thread count; 0 for a backend without a CPU thread pool. Lets tests and
+ * `ralu generate` show that every thread did work. */
+int backend_thread_work(struct backend *be, int64_t *counts, int cap);
 
 /* Convenience: allocate an F32 tensor of the given shape on the backend. */
 int backend_alloc_tensor(struct backend *be, struct tensor *t, enum dtype dt, int ndim,

@@ -175,6 +175,11 @@ int cli_generate(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (r.width % 16 || r.height % 16) { /* before any model is read */
+        fprintf(stderr, "ralu generate: --width and --height must be multiples of 16, got %dx%d\n",
+                r.width ? r.width : 1024, r.height ? r.height : 1024);
+        return 2;
+    }
     struct backend *be = NULL;
     struct pipeline *p = NULL;
     struct err_msg em = {{0}};
@@ -293,6 +298,14 @@ int cli_generate(int argc, char **argv)
                out.t.canny_ms, out.t.renoise_ms);
     printf("transformer: %d forwards, %.3g GFLOP; vae %.3g GFLOP\n", out.nfe, out.flops * 1e-9,
            out.vae_flops * 1e-9);
+    int64_t work[64];
+    int nt = backend_thread_work(be, work, 64);
+    if (nt > 0) {
+        printf("cpu threads: %d, tasks per thread:", nt);
+        for (int i = 0; i < nt && i < 64; i++)
+            printf(" %" PRId64, work[i]);
+        printf("\n");
+    }
     status = 0;
 done:
     gen_output_free(&out);
