@@ -16,6 +16,7 @@
 
 struct http_req;
 struct http_resp;
+struct job;
 struct metric;
 struct metrics;
 struct workers;
@@ -24,19 +25,27 @@ enum api_state {
     API_LOADING = 0, /* model not loaded yet: /readyz 503 "loading" */
     API_READY,       /* /readyz 200 */
     API_DRAINING,    /* shutting down: /readyz 503 "draining" */
-    API_NO_BACKEND,  /* this build has no generation back end: /readyz 503 */
+    API_NO_BACKEND,  /* no model configured: /readyz 503 "unavailable" */
 };
+
+/* Why /readyz and /generate answer 503 in API_NO_BACKEND. */
+#define API_NO_MODEL_MESSAGE "no model loaded: start ralud with --model DIR (a diffusers folder)"
 
 struct api_ctx {
     const struct config *cfg;
     struct metrics *metrics;
     struct workers *workers; /* NULL when there is no generation back end */
-    const char *backend;     /* "none", "cpu", "cuda": build_info label */
-    atomic_int state;        /* enum api_state; written by main, read anywhere */
+    const char *backend;     /* "cpu", "fake": build_info label */
+    atomic_int state;        /* enum api_state; written by main and the loader, read anywhere */
     uint64_t next_job_id;    /* loop thread only */
+    /* What the back end can serve; a valid request asking for more gets 422
+     * "unsupported". Set by main before the server listens. */
+    bool ralu_ok, cache_ok;
 
-    struct metric *m_requests; /* ralud_requests_total{status} */
-    struct metric *m_duration; /* ralud_request_duration_seconds{route} */
+    struct metric *m_requests;   /* ralud_requests_total{status} */
+    struct metric *m_duration;   /* ralud_request_duration_seconds{route} */
+    struct metric *m_queue_time; /* ralud_queue_time_seconds */
+    struct metric *m_jobs;       /* ralud_jobs_total{result} */
 };
 
 /* Registers the metric families. workers may be NULL. All pointers borrowed. */
@@ -46,6 +55,8 @@ void api_set_state(struct api_ctx *api, enum api_state s);
 enum api_state api_get_state(const struct api_ctx *api);
 /* Count one answered request (called by the glue when the response is queued). */
 void api_observe_request(struct api_ctx *api, const char *route, int status, double seconds);
+/* Count one job back from the workers (queue time, result). Loop thread. */
+void api_observe_job(struct api_ctx *api, const struct job *job);
 
 /* ---- handlers (route_handler_fn) ---- */
 
@@ -61,6 +72,12 @@ enum api_cache_method {
     API_CACHE_TEACACHE,
     API_CACHE_FBCACHE,
     API_CACHE_TAYLORSEER
+};
+
+enum api_format {
+    API_FORMAT_DEFAULT = 0, /* not in the body: the handler picks from Accept */
+    API_FORMAT_JSON,        /* JSON with base64 PNGs */
+    API_FORMAT_PNG,         /* the PNG itself (n == 1 only) */
 };
 
 struct api_gen_params {
@@ -86,6 +103,8 @@ struct api_gen_params {
     int cache_interval;     /* taylorseer full-step interval; 0 = default */
     int cache_order;        /* taylorseer order; -1 = default */
     int cache_warmup;       /* fbcache / taylorseer warm-up steps; -1 = default */
+
+    enum api_format format; /* response_format; never DEFAULT once submitted */
 };
 
 /* Field-level validation error, reported to the client as

@@ -1,10 +1,11 @@
 /* server/api_generate.c - POST /generate and /v1/generate.
  *
  * Validates the request body against the contract in openapi.yaml and the
- * configured limits, then hands a job to the workers and suspends the
- * request until the job is back. Which code runs the job is decided by the
- * build (server/gen.h); when the build has no generation back end,
- * api->workers is NULL and a valid request gets an honest 503. */
+ * configured limits, answers 422 for valid features the back end cannot
+ * serve, picks the response format (JSON or the PNG itself), then hands a
+ * job to the workers and suspends the request until the job is back. Which
+ * code runs the job is decided by the build (server/gen.h); without a model
+ * a valid request gets an honest 503. */
 #define LOG_MODULE "server.api"
 #include "server/api.h"
 
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h> // for: strncasecmp
 
 #define PROMPT_MAX_BYTES 16384
 #define SEED_MAX ((int64_t)9007199254740991LL) /* 2^53 - 1: exact in a JSON double */
@@ -294,8 +296,8 @@ static int parse_cache(const json_t *v, struct api_gen_params *p, struct api_fie
 /* ---- the body ---- */
 
 static const char *const known_fields[] = {
-    "prompt", "negative_prompt", "width", "height", "steps", "n",
-    "seed",   "guidance",        "ralu",  "cache",  NULL};
+    "prompt", "negative_prompt", "width", "height", "steps",           "n",
+    "seed",   "guidance",        "ralu",  "cache",  "response_format", NULL};
 
 static int parse_object(const json_t *root, const struct config *cfg, struct api_gen_params *p,
                         struct api_field_error *err)
@@ -359,6 +361,19 @@ static int parse_object(const json_t *root, const struct config *cfg, struct api
         return rc;
     if ((v = json_object_get(root, "cache")) && (rc = parse_cache(v, p, err)) != ERR_OK)
         return rc;
+    if ((v = json_object_get(root, "response_format"))) {
+        if ((rc = get_str(v, "response_format", 16, &s, err)) != ERR_OK)
+            return rc;
+        if (!strcmp(s, "json"))
+            p->format = API_FORMAT_JSON;
+        else if (!strcmp(s, "png"))
+            p->format = API_FORMAT_PNG;
+        else
+            return fail(err, "response_format", "response_format must be json or png");
+        if (p->format == API_FORMAT_PNG && p->n != 1)
+            return fail(err, "response_format",
+                        "response_format png returns one image; n is %d (use json)", p->n);
+    }
     return ERR_OK;
 }
 
@@ -427,11 +442,52 @@ static void generate_finish(struct job *job, struct http_resp *resp)
         http_resp_body(resp, 200, job->out_type ? job->out_type : "application/json", job->out_body,
                        job->out_len);
         job->out_body = NULL; /* moved into the response */
+        for (int i = 0; i < job->n_out_headers; i++)
+            http_resp_header(resp, job->out_headers[i].name, "%s", job->out_headers[i].value);
         return;
     }
     int rc = job->result == ERR_OK ? ERR_INTERNAL : job->result; /* OK without a body is a bug */
     http_resp_error(resp, http_status_from_err(rc), http_code_from_err(rc), NULL, "%s",
                     job->err.text[0] ? job->err.text : err_str(rc));
+}
+
+/* True when the Accept header names image/png before application/json (or
+ * without it). q-values are not weighed: clients that want the PNG say so
+ * with one media type, and anything else gets the default, JSON. */
+static bool accept_prefers_png(const char *accept)
+{
+    if (!accept)
+        return false;
+    for (const char *s = accept; *s;) {
+        while (*s == ' ' || *s == '\t' || *s == ',')
+            s++;
+        size_t n = strcspn(s, ",;");
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+            n--;
+        if (n == 9 && strncasecmp(s, "image/png", 9) == 0)
+            return true;
+        if (n == 16 && strncasecmp(s, "application/json", 16) == 0)
+            return false;
+        s += strcspn(s, ",");
+    }
+    return false;
+}
+
+/* 422 for a valid request the back end cannot serve; false when it can. */
+static bool reject_unsupported(const struct api_ctx *api, const struct api_gen_params *p,
+                               struct http_resp *resp)
+{
+    if (p->ralu_on && !api->ralu_ok) {
+        http_resp_error(resp, 422, "unsupported", "ralu",
+                        "RALU is not available in this build yet: send ralu \"off\" or omit it");
+        return true;
+    }
+    if (p->cache != API_CACHE_NONE && !api->cache_ok) {
+        http_resp_error(resp, 422, "unsupported", "cache",
+                        "feature caching is not available in this build yet: omit cache");
+        return true;
+    }
+    return false;
 }
 
 int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct http_resp *resp)
@@ -444,13 +500,16 @@ int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct 
                         fe.message);
         return ROUTE_DONE;
     }
-    if (!api->workers) {
+    if (reject_unsupported(api, &p, resp)) {
         api_gen_params_fini(&p);
-        http_resp_error(resp, 503, "unavailable", NULL,
-                        "no model loaded: generation is not available in this build yet");
         return ROUTE_DONE;
     }
     enum api_state st = api_get_state(api);
+    if (st == API_NO_BACKEND || (st == API_READY && !api->workers)) {
+        api_gen_params_fini(&p);
+        http_resp_error(resp, 503, "unavailable", NULL, API_NO_MODEL_MESSAGE);
+        return ROUTE_DONE;
+    }
     if (st != API_READY) {
         api_gen_params_fini(&p);
         http_resp_error(resp, 503, "unavailable", NULL,
@@ -459,6 +518,9 @@ int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct 
         http_resp_header(resp, "Retry-After", "%lld", (long long)api->cfg->retry_after_s);
         return ROUTE_DONE;
     }
+    if (p.format == API_FORMAT_DEFAULT)
+        p.format = p.n == 1 && accept_prefers_png(http_req_header(req, "Accept")) ? API_FORMAT_PNG
+                                                                                  : API_FORMAT_JSON;
 
     struct api_gen_params *hp = xmalloc(sizeof *hp);
     *hp = p;

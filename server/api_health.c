@@ -1,12 +1,14 @@
-/* server/api_health.c - /healthz, /readyz, /metrics and the request metrics.
+/* server/api_health.c - /healthz, /readyz, /metrics and the request and job
+ * metrics.
  *
  * /healthz is liveness: it answers 200 whenever the loop runs and checks no
- * dependency. /readyz is readiness: 200 only once a model is loaded and the
- * server is not draining. */
+ * dependency. /readyz is readiness: 200 only once the model is loaded and
+ * warmed up and the server is not draining. */
 #define LOG_MODULE "server.api"
 #include "server/api.h"
 
 #include "server/http.h"
+#include "server/job.h"
 #include "server/metrics.h"
 #include "server/routes.h"
 #include "server/workers.h"
@@ -21,6 +23,10 @@
 /* From 50 ms (a rejected or tiny request) to 10 min (a large batch on CPU). */
 static const double duration_buckets[] = {0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,  10,
                                           20,   30,  60,   120, 240, 300, 600};
+
+/* Waiting for a worker: from nothing (idle workers) to minutes (a backlog). */
+static const double queue_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
+                                       5,     10,    20,   30,   60,  120,  300, 600};
 
 static double gauge_queue_depth(void *ctx)
 {
@@ -55,6 +61,13 @@ void api_ctx_init(struct api_ctx *api, const struct config *cfg, struct metrics 
         metrics, "ralud_request_duration_seconds",
         "Time from the request's headers to its response being queued, by route.", "route",
         duration_buckets, (int)(sizeof duration_buckets / sizeof duration_buckets[0]));
+    api->m_queue_time =
+        metrics_histogram(metrics, "ralud_queue_time_seconds",
+                          "Time a job waited in the queue before a worker started it.", NULL,
+                          queue_buckets, (int)(sizeof queue_buckets / sizeof queue_buckets[0]));
+    api->m_jobs =
+        metrics_counter(metrics, "ralud_jobs_total",
+                        "Generation jobs finished, by result (done, failed, cancelled).", "result");
     metrics_gauge_cb(metrics, "ralud_queue_depth", "Jobs waiting for a worker.", gauge_queue_depth,
                      api);
     metrics_gauge_cb(metrics, "ralud_inflight_jobs", "Jobs being run by a worker.", gauge_inflight,
@@ -74,6 +87,18 @@ void api_observe_request(struct api_ctx *api, const char *route, int status, dou
     snprintf(code, sizeof code, "%d", status);
     metrics_add(api->m_requests, code, 1);
     metrics_observe(api->m_duration, route ? route : "other", seconds);
+}
+
+void api_observe_job(struct api_ctx *api, const struct job *job)
+{
+    enum job_state st = job_state(job);
+    if (job->t_start > 0)
+        metrics_observe(api->m_queue_time, NULL, job->t_start - job->t_submit);
+    metrics_add(api->m_jobs,
+                st == JOB_DONE        ? "done"
+                : st == JOB_CANCELLED ? "cancelled"
+                                      : "failed",
+                1);
 }
 
 int api_healthz(struct api_ctx *api, const struct http_req *req, struct http_resp *resp)
@@ -101,8 +126,7 @@ int api_readyz(struct api_ctx *api, const struct http_req *req, struct http_resp
         j = json_pack("{s:s}", "status", "draining");
         break;
     case API_NO_BACKEND:
-        j = json_pack("{s:s,s:s}", "status", "unavailable", "message",
-                      "no model loaded: generation is not available in this build yet");
+        j = json_pack("{s:s,s:s}", "status", "unavailable", "message", API_NO_MODEL_MESSAGE);
         break;
     case API_LOADING:
     default:

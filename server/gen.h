@@ -3,12 +3,16 @@
  * main.c asks gen_open for a job_run callback and plugs it into the workers.
  * Which implementation is linked is a build decision (STYLE 2, "backends
  * are selected by the build"):
- *   gen_none.c           this build: no pipeline yet, run == NULL, so valid
- *                        /generate requests get 503 "no model loaded".
- *   gen_pipeline.c       (to come) loads cfg->model through engine/ and runs
- *                        one generation per job.
+ *   gen_pipeline.c       ralud: opens cfg->model through engine/ (one CPU
+ *                        backend + pipeline per worker) and runs one
+ *                        generation per job.
  *   tests/integration/gen_fake.c   test double used by the integration tests.
- * gen_open may take minutes (model load); it runs before the server listens. */
+ *
+ * Start-up is split so the daemon can listen (and answer /readyz 503
+ * "loading") while weights load: gen_open is quick and runs on the main
+ * thread before anything listens; gen_load is the slow part (weights,
+ * warm-up) and runs once on a loader thread after the server listens.
+ * run is called only after gen_load returned ERR_OK. */
 #ifndef RALUD_SERVER_GEN_H
 #define RALUD_SERVER_GEN_H
 
@@ -16,15 +20,28 @@
 #include "config/config.h"
 #include "server/workers.h"
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
+struct metrics;
+
 struct gen {
-    const char *backend; /* build_info label: "none", "cpu", "cuda", "fake" */
-    job_run_fn run;      /* NULL: generation is unavailable in this build */
+    const char *backend; /* build_info label: "cpu", "fake" */
+    job_run_fn run;      /* NULL: no model configured, generation unavailable */
     void *run_ctx;       /* passed to run; owned by the implementation */
+    bool ralu;           /* request field ralu != "off" can be served */
+    bool cache;          /* request field cache can be served */
     void *impl;          /* implementation state */
 };
 
-/* On failure returns an ERR_* code with a sentence in em. */
-int gen_open(struct gen **out, const struct config *cfg, struct err_msg *em);
-void gen_close(struct gen *g); /* NULL is a no-op; workers must be shut down first */
+/* Checks the configuration and registers the back end's metric families
+ * (metrics is borrowed and outlives g). Loads nothing. On failure returns an
+ * ERR_* code with a sentence in em. */
+int gen_open(struct gen **out, const struct config *cfg, struct metrics *metrics,
+             struct err_msg *em);
+/* Loads weights and runs the warm-up. Any thread, called once, only when
+ * g->run is set. Returns ERR_CANCELLED soon after *cancel becomes true. */
+int gen_load(struct gen *g, const atomic_bool *cancel, struct err_msg *em);
+void gen_close(struct gen *g); /* NULL is a no-op; workers and loader must be done first */
 
 #endif

@@ -1,8 +1,12 @@
 /* server/job.c - job allocation, cancellation flag, state names. */
+#define LOG_MODULE "server.job"
 #include "server/job.h"
 
+#include "base/log.h"
 #include "base/xalloc.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 struct job *job_new(uint64_t id, void *payload, job_free_fn payload_free)
@@ -31,6 +35,22 @@ void job_free(struct job *job)
 void job_cancel(struct job *job) { atomic_store(&job->cancel, true); }
 
 bool job_cancelled(const struct job *job) { return atomic_load(&((struct job *)job)->cancel); }
+
+void job_add_header(struct job *job, const char *name, const char *fmt, ...)
+{
+    if (job->n_out_headers >= JOB_MAX_HEADERS) {
+        LOG_WARN("job=%llu header %s dropped: more than %d headers", (unsigned long long)job->id,
+                 name, JOB_MAX_HEADERS);
+        return;
+    }
+    struct job_header *h = &job->out_headers[job->n_out_headers++];
+    va_list ap;
+
+    snprintf(h->name, sizeof h->name, "%s", name);
+    va_start(ap, fmt);
+    vsnprintf(h->value, sizeof h->value, fmt, ap);
+    va_end(ap);
+}
 
 enum job_state job_state(const struct job *job)
 {

@@ -25,6 +25,14 @@ struct job;
 typedef void (*job_done_fn)(struct job *job, void *ctx);
 typedef void (*job_free_fn)(void *p);
 
+#define JOB_MAX_HEADERS 4
+
+/* An extra response header set by the back end (Server-Timing, ...). */
+struct job_header {
+    char name[32];
+    char value[208];
+};
+
 struct job {
     uint64_t id;
     char request_id[64]; /* for logs */
@@ -40,7 +48,9 @@ struct job {
     struct err_msg err; /* one sentence when result != ERR_OK */
     char *out_body;     /* malloc'd response body on success, owned by the job */
     size_t out_len;
-    const char *out_type;            /* static content type of out_body */
+    const char *out_type;                           /* static content type of out_body */
+    struct job_header out_headers[JOB_MAX_HEADERS]; /* sent with a successful answer */
+    int n_out_headers;
     double t_submit, t_start, t_end; /* clock_sec(); t_start 0 if it never ran */
 
     /* Loop thread only. */
@@ -59,6 +69,11 @@ void job_free(struct job *job); /* NULL is a no-op */
  * the flag through job_cancelled and should return ERR_CANCELLED soon. */
 void job_cancel(struct job *job);
 bool job_cancelled(const struct job *job);
+
+/* Worker (the job's owner while it runs). Dropped with a log line past
+ * JOB_MAX_HEADERS; the value is truncated to fit. */
+void job_add_header(struct job *job, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 enum job_state job_state(const struct job *job);
 const char *job_state_name(enum job_state s);

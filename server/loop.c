@@ -118,6 +118,21 @@ static void on_drain_tick(uv_timer_t *t)
         stop(l);
 }
 
+static void begin_drain(struct loop *l)
+{
+    /* In external polling mode the listen socket is ours to close at once,
+     * so new clients get "connection refused" (and go to another replica)
+     * instead of waiting in the backlog until we exit. */
+    MHD_socket fd = MHD_quiesce_daemon(l->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    if (l->hooks.on_drain)
+        l->hooks.on_drain(l->hooks.ctx);
+    l->phase = PHASE_DRAINING;
+    l->phase_deadline = now_s(l) + l->drain_timeout_s;
+    uv_timer_start(&l->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct loop *l = s->data;
@@ -130,17 +145,15 @@ static void on_signal(uv_signal_t *s, int signum)
     if (l->phase != PHASE_SERVING)
         return;
     LOG_INFO("signal %d: draining (up to %.0f s)", signum, l->drain_timeout_s);
-    /* In external polling mode the listen socket is ours to close at once,
-     * so new clients get "connection refused" (and go to another replica)
-     * instead of waiting in the backlog until we exit. */
-    MHD_socket fd = MHD_quiesce_daemon(l->mhd);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
-    if (l->hooks.on_drain)
-        l->hooks.on_drain(l->hooks.ctx);
-    l->phase = PHASE_DRAINING;
-    l->phase_deadline = now_s(l) + l->drain_timeout_s;
-    uv_timer_start(&l->drain_timer, on_drain_tick, 0, DRAIN_TICK_MS);
+    begin_drain(l);
+}
+
+void loop_drain(struct loop *l)
+{
+    if (l->phase != PHASE_SERVING)
+        return;
+    LOG_INFO("draining (up to %.0f s)", l->drain_timeout_s);
+    begin_drain(l);
 }
 
 int loop_new(struct loop **out, struct MHD_Daemon *mhd, double drain_timeout_s,

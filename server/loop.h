@@ -33,6 +33,9 @@ int loop_new(struct loop **out, struct MHD_Daemon *mhd, double drain_timeout_s,
 /* Serve until a signal arrives and the drain completes. Returns ERR_OK, or
  * ERR_CANCELLED if jobs had to be cancelled at the drain deadline. */
 int loop_run(struct loop *l);
+/* Loop thread: start the drain as the first SIGTERM does (e.g. the model
+ * failed to load). A no-op once draining. */
+void loop_drain(struct loop *l);
 /* Any thread (a workers_notify_fn): wake the loop to run hooks->on_wakeup. */
 void loop_wakeup(void *l);
 /* Close every handle. Call after the workers are joined, before

@@ -1,11 +1,15 @@
 /* server/main.c - argv, config, signals, wiring; nothing else.
  *
- * Start-up: config -> generation back end (server/gen.h; may load a model)
- * -> workers (only if the back end can run jobs) -> HTTP glue + MHD -> loop.
- * Shutdown (after the loop drained): join workers -> close the loop ->
- * stop MHD -> free the rest. The only exit() calls in the program are the
- * returns from this file's main. */
+ * Start-up: config -> metrics -> generation back end (gen_open, quick) ->
+ * HTTP glue + MHD -> loop -> workers (only if a model is configured) ->
+ * "listening on" -> loader thread (gen_load: weights + warm-up, while
+ * /readyz says "loading") -> /readyz 200. A model that fails to load drains
+ * the daemon and makes it exit 1, so a supervisor sees it.
+ * Shutdown (after the loop drained): join the loader and the workers ->
+ * close the loop -> stop MHD -> free the rest. The only exit() calls in the
+ * program are the returns from this file's main. */
 #define LOG_MODULE "server.main"
+#include "base/clock.h"
 #include "base/log.h"
 #include "config/config.h"
 #include "server/api.h"
@@ -17,7 +21,9 @@
 #include "server/workers.h"
 
 #include <microhttpd.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,22 +41,56 @@ struct app {
     struct http_glue *glue;
     struct MHD_Daemon *mhd;
     struct loop *loop;
+
+    /* The loader thread (gen_load). It writes load_em, then load_rc. */
+    pthread_t loader;
+    bool loader_started;
+    atomic_bool load_cancel;
+    atomic_int load_rc; /* LOAD_RUNNING until gen_load returns */
+    struct err_msg load_em;
+    bool load_failed; /* loop thread: the drain was started for a failed load */
 };
+
+#define LOAD_RUNNING 1 /* not an ERR_* value */
 
 /* ---- loop hooks ---- */
 
 static void app_on_wakeup(void *ctx)
 {
     struct app *a = ctx;
+    int load_rc = atomic_load(&a->load_rc);
+    if (load_rc != LOAD_RUNNING && load_rc != ERR_OK && load_rc != ERR_CANCELLED &&
+        !a->load_failed) {
+        a->load_failed = true;
+        loop_drain(a->loop);
+    }
     if (!a->workers)
         return;
     for (struct job *job = workers_take_done(a->workers), *next; job; job = next) {
         next = job->next;
+        api_observe_job(&a->api, job);
         if (job->on_done)
             job->on_done(job, job->on_done_ctx);
         else
             job_free(job);
     }
+}
+
+static void *app_loader_main(void *arg)
+{
+    struct app *a = arg;
+    double t0 = clock_sec();
+    int rc = gen_load(a->gen, &a->load_cancel, &a->load_em);
+    if (rc == ERR_OK) {
+        int expected = API_LOADING; /* a drain that started meanwhile wins */
+        atomic_compare_exchange_strong(&a->api.state, &expected, API_READY);
+        LOG_INFO("ready: model loaded and warmed up in %.1f s", clock_sec() - t0);
+    } else if (rc != ERR_CANCELLED) {
+        LOG_ERROR("cannot load the model: %s", a->load_em.text[0] ? a->load_em.text : err_str(rc));
+    }
+    atomic_store(&a->load_rc, rc);
+    loop_wakeup(a->loop);
+    return NULL;
 }
 
 static void app_on_drain(void *ctx)
@@ -90,13 +130,15 @@ static int app_run(struct app *a)
     char bound[96];
     int rc;
 
-    if ((rc = gen_open(&a->gen, cfg, &em)) != ERR_OK) {
+    a->metrics = metrics_new();
+    if ((rc = gen_open(&a->gen, cfg, a->metrics, &em)) != ERR_OK) {
         LOG_ERROR("cannot start the generation back end: %s", em.text);
         return rc;
     }
-    a->metrics = metrics_new();
     /* Workers come after the loop (they notify it); the api sees them then. */
     api_ctx_init(&a->api, cfg, a->metrics, NULL, a->gen->backend);
+    a->api.ralu_ok = a->gen->ralu;
+    a->api.cache_ok = a->gen->cache;
     if ((rc = http_glue_new(&a->glue, &a->api)) != ERR_OK)
         return rc;
     if ((rc = http_glue_start(a->glue, &a->mhd, bound, sizeof bound)) != ERR_OK)
@@ -124,23 +166,36 @@ static int app_run(struct app *a)
             return rc;
         a->api.workers = a->workers;
     }
-    api_set_state(&a->api, a->gen->run ? API_READY : API_NO_BACKEND);
+    api_set_state(&a->api, a->gen->run ? API_LOADING : API_NO_BACKEND);
 
     /* Tests and scripts read this line to find an ephemeral port. */
     printf("listening on %s\n", bound);
     fflush(stdout);
     LOG_INFO("ralud %s listening on %s backend=%s workers=%lld", RALUD_VERSION, bound,
              a->gen->backend, a->workers ? (long long)cfg->workers : 0LL);
-    if (!a->gen->run)
-        LOG_WARN("no generation back end in this build: /generate answers 503");
+    if (a->gen->run) {
+        int e = pthread_create(&a->loader, NULL, app_loader_main, a);
+        if (e != 0) {
+            LOG_ERROR("cannot start the model loader thread: %s", strerror(e));
+            return ERR_INTERNAL;
+        }
+        a->loader_started = true;
+    } else {
+        LOG_WARN("no model configured (--model): /readyz and /generate answer 503");
+    }
 
     rc = loop_run(a->loop);
     LOG_INFO("drained%s; shutting down", rc == ERR_CANCELLED ? " (jobs were cancelled)" : "");
-    return ERR_OK;
+    return a->load_failed ? atomic_load(&a->load_rc) : ERR_OK;
 }
 
 static void app_fini(struct app *a)
 {
+    /* The loader may still be warming up (a signal during start-up). It
+     * wakes the loop when done, so it is joined before the loop is freed. */
+    atomic_store(&a->load_cancel, true);
+    if (a->loader_started)
+        pthread_join(a->loader, NULL);
     if (a->workers)
         workers_shutdown(a->workers, 0); /* joins; anything left was cancelled */
     app_on_wakeup(a);                    /* free jobs that finished meanwhile */
@@ -195,6 +250,8 @@ int main(int argc, char **argv)
     sigaction(SIGPIPE, &sa, NULL);
 
     struct app a = {.cfg = &cfg};
+    atomic_init(&a.load_cancel, false);
+    atomic_init(&a.load_rc, LOAD_RUNNING);
     rc = app_run(&a);
     app_fini(&a);
     config_fini(&cfg);

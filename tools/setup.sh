@@ -2,6 +2,7 @@
 # tools/setup.sh - set up a Debian machine for ralud, then run the daemon or the tests.
 #
 #   tools/setup.sh run [ralud args...]  install deps, build Release in build/, exec build/server/ralud
+#                                       (no args: the tiny test FLUX model on 127.0.0.1:8080)
 #   tools/setup.sh test                 install deps; build + ctest Release (build/); build an
 #                                       ASan+UBSan Debug tree (build-asan/) and run its unit and
 #                                       kernels tests; fuzz smoke (tests/fuzz/run.sh) if clang exists
@@ -41,7 +42,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # ---- packages ----
@@ -245,12 +246,21 @@ cmd_build() {
     build_tree "$BUILD_DIR" Release || die "build failed in $BUILD_DIR/ (see the output above)"
 }
 
+# The model `run` serves when given no arguments: the tiny random-weight test model, so the
+# daemon starts anywhere in seconds. Its images are noise-like; it is for trying the API.
+DEFAULT_MODEL=tests/data/vectors/models/tiny-flux
+
 cmd_run() {
     cmd_build
     local bin="$ROOT/$BUILD_DIR/server/ralud"
-    [[ -x $bin ]] ||
-        die "the build succeeded but produced no $BUILD_DIR/server/ralud: the daemon (server/)" \
-            "is not in the tree yet. 'tools/setup.sh test' builds and tests what exists."
+    [[ -x $bin ]] || die "the build succeeded but produced no $BUILD_DIR/server/ralud"
+    if (($# == 0)); then
+        [[ -f $DEFAULT_MODEL/model_index.json ]] || die "$DEFAULT_MODEL is missing"
+        say "no arguments: serving the tiny random-weight TEST model $DEFAULT_MODEL on" \
+            "127.0.0.1:8080 (its images are noise; the trained default model arrives in a later" \
+            "issue). Pass --model DIR to serve a real SD3/FLUX diffusers folder."
+        set -- --model "$DEFAULT_MODEL" --host 127.0.0.1 --port 8080
+    fi
     say "exec $BUILD_DIR/server/ralud $*"
     exec "$bin" "$@"
 }

@@ -1,21 +1,27 @@
 /* kernels/cpu/cpu_backend.c - CPU backend: memory, the op table, strict mode.
  *
  * Strict mode (opts.strict) proves that engine code never touches activation
- * memory: every allocation is its own mmap, kept PROT_NONE except while an op
- * or a transfer runs (op_begin/op_end). A stray engine access faults. */
+ * memory: allocations come from one reserved address range, kept PROT_NONE
+ * except while an op or a transfer runs (op_begin/op_end); a stray engine
+ * access faults. Blocks are carved first-fit from the range and freed blocks
+ * coalesce (their pages go back to the kernel), so the used extent stays
+ * small and one mprotect per op covers every live block. It is a test mode. */
 #define _DEFAULT_SOURCE
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "base/log.h"
 #include "base/xalloc.h"
 #include "kernels/cpu/cpu_internal.h"
 
-struct strict_block {
-    void *ptr;
-    size_t len;
+#define STRICT_RESERVE ((size_t)1 << 40) /* virtual bytes reserved in strict mode */
+
+struct sblk {
+    size_t off, len;
+    bool used;
 };
 
 struct cpu_ctx {
@@ -23,8 +29,10 @@ struct cpu_ctx {
     void **scratch;
     int n_threads;
     bool strict;
-    struct strict_block *blocks; /* strict mode: live allocations */
-    size_t n_blocks, cap_blocks;
+    char *region;      /* strict mode: reserved range */
+    size_t region_top; /* bytes handed out so far */
+    struct sblk *blk; /* strict mode: blocks in address order, tiling [0, top) */
+    size_t n_blk, cap_blk;
     int depth; /* strict mode: nesting of op_begin */
 };
 
@@ -32,6 +40,12 @@ static struct cpu_ctx *ctx_of(struct backend *be) { return be->ctx; }
 
 struct pool *cpu_pool(struct backend *be) { return ctx_of(be)->pool; }
 void *cpu_scratch(struct backend *be, int thread) { return ctx_of(be)->scratch[thread]; }
+
+static size_t page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) / pg * pg;
+}
 
 static int cpu_alloc(struct backend *be, size_t n, void **out)
 {
@@ -43,17 +57,36 @@ static int cpu_alloc(struct backend *be, size_t n, void **out)
         *out = p;
         return ERR_OK;
     }
-    size_t len = n ? n : 1;
-    void *p = mmap(NULL, len, c->depth ? PROT_READ | PROT_WRITE : PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return ERR_NOMEM;
-    if (c->n_blocks == c->cap_blocks) {
-        c->cap_blocks = c->cap_blocks ? 2 * c->cap_blocks : 64;
-        c->blocks = xrealloc(c->blocks, c->cap_blocks * sizeof *c->blocks);
+    /* a guard page after each block: an overrun faults even inside an op */
+    size_t len = page_round(n ? n : 1) + page_round(1);
+    size_t i;
+    for (i = 0; i < c->n_blk; i++) /* first fit */
+        if (!c->blk[i].used && c->blk[i].len >= len)
+            break;
+    if (i == c->n_blk) { /* grow the extent */
+        if (len > STRICT_RESERVE - c->region_top)
+            return ERR_NOMEM;
+        if (c->n_blk + 1 >= c->cap_blk) {
+            c->cap_blk = c->cap_blk ? 2 * c->cap_blk : 256;
+            c->blk = xrealloc(c->blk, c->cap_blk * sizeof *c->blk);
+        }
+        c->blk[c->n_blk++] = (struct sblk){c->region_top, len, false};
+        c->region_top += len;
     }
-    c->blocks[c->n_blocks++] = (struct strict_block){p, len};
-    *out = p;
+    if (c->blk[i].len > len) { /* split: the tail stays free */
+        if (c->n_blk + 1 >= c->cap_blk) {
+            c->cap_blk = c->cap_blk ? 2 * c->cap_blk : 256;
+            c->blk = xrealloc(c->blk, c->cap_blk * sizeof *c->blk);
+        }
+        memmove(&c->blk[i + 2], &c->blk[i + 1], (c->n_blk - i - 1) * sizeof *c->blk);
+        c->blk[i + 1] = (struct sblk){c->blk[i].off + len, c->blk[i].len - len, false};
+        c->blk[i].len = len;
+        c->n_blk++;
+    }
+    c->blk[i].used = true;
+    *out = c->region + c->blk[i].off;
+    if (c->depth && mprotect(c->region, c->region_top, PROT_READ | PROT_WRITE) != 0)
+        return ERR_NOMEM;
     return ERR_OK;
 }
 
@@ -66,14 +99,32 @@ static void cpu_free(struct backend *be, void *ptr)
         free(ptr);
         return;
     }
-    for (size_t i = 0; i < c->n_blocks; i++) {
-        if (c->blocks[i].ptr == ptr) {
-            munmap(ptr, c->blocks[i].len);
-            c->blocks[i] = c->blocks[--c->n_blocks];
-            return;
-        }
+    size_t off = (size_t)((char *)ptr - c->region), lo = 0, hi = c->n_blk;
+    while (lo < hi) { /* blocks are in address order */
+        size_t mid = (lo + hi) / 2;
+        if (c->blk[mid].off < off)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    RALUD_ASSERT(!"cpu_free: unknown pointer");
+    RALUD_ASSERT(lo < c->n_blk && c->blk[lo].off == off && c->blk[lo].used);
+    madvise(ptr, c->blk[lo].len, MADV_DONTNEED); /* pages back to the kernel */
+    c->blk[lo].used = false;
+    if (lo + 1 < c->n_blk && !c->blk[lo + 1].used) { /* coalesce with the next */
+        c->blk[lo].len += c->blk[lo + 1].len;
+        memmove(&c->blk[lo + 1], &c->blk[lo + 2], (c->n_blk - lo - 2) * sizeof *c->blk);
+        c->n_blk--;
+    }
+    if (lo > 0 && !c->blk[lo - 1].used) { /* and with the previous */
+        c->blk[lo - 1].len += c->blk[lo].len;
+        memmove(&c->blk[lo], &c->blk[lo + 1], (c->n_blk - lo - 1) * sizeof *c->blk);
+        c->n_blk--;
+        lo--;
+    }
+    if (lo + 1 == c->n_blk) { /* a free tail shrinks the extent */
+        c->region_top = c->blk[lo].off;
+        c->n_blk--;
+    }
 }
 
 static int cpu_upload(struct backend *be, void *dst, const void *src, size_t n)
@@ -112,9 +163,8 @@ static void cpu_weights_unmap(struct backend *be, void *ptr)
 
 static void protect_all(struct cpu_ctx *c, int prot)
 {
-    for (size_t i = 0; i < c->n_blocks; i++)
-        if (mprotect(c->blocks[i].ptr, c->blocks[i].len, prot) != 0)
-            RALUD_ASSERT(!"mprotect failed");
+    if (c->region_top && mprotect(c->region, c->region_top, prot) != 0)
+        RALUD_ASSERT(!"mprotect failed");
 }
 
 static void cpu_op_begin(struct backend *be)
@@ -140,9 +190,9 @@ static void cpu_ctx_free(struct cpu_ctx *c)
         for (int i = 0; i < c->n_threads; i++)
             free(c->scratch[i]);
     free(c->scratch);
-    for (size_t i = 0; i < c->n_blocks; i++)
-        munmap(c->blocks[i].ptr, c->blocks[i].len);
-    free(c->blocks);
+    if (c->region)
+        munmap(c->region, STRICT_RESERVE);
+    free(c->blk);
     free(c);
 }
 
@@ -207,6 +257,15 @@ int cpu_backend_new(struct backend **out, const struct backend_opts *opts)
 
     c->n_threads = n;
     c->strict = opts && opts->strict;
+    if (c->strict) {
+        c->region = mmap(NULL, STRICT_RESERVE, PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (c->region == MAP_FAILED) {
+            c->region = NULL;
+            rc = ERR_NOMEM;
+            goto fail;
+        }
+    }
     rc = pool_new(&c->pool, n);
     if (rc)
         goto fail;

@@ -1,7 +1,8 @@
-/* kernels/cpu/matmul.c - y = x w^T + bias: a packed GEMM and a streaming GEMV.
+/* kernels/cpu/matmul.c - y = x w^T + bias: a packed GEMM, and skinny
+ * kernels for a few rows that compute every output exactly as the GEMM does.
  *
  * w [N, K] stays in its checkpoint dtype (it is the mmap); widening happens
- * only into per-thread scratch.
+ * only in registers or into per-thread scratch.
  *
  * GEMM (M > 16), GotoBLAS style. A task owns a column range of y (and, when
  * N is too narrow to feed the threads, a row range). For each block of
@@ -12,10 +13,13 @@
  * is prefetched). About 85% of the FMA peak on this Zen 5 at 1 and 2
  * threads for M >= 1024 (bench/bench_gemm.c).
  *
- * GEMV (M <= 16: adaLN modulation, pooled embeddings). Tiles of 4 w rows x
- * 4 x rows hold 16-lane partial sums that are reduced at the end; w is read
- * once, widened on the fly with a software prefetch per row, and the tasks
- * are 64-row slices of N. Memory-bound; no packing.
+ * Small M (M <= 16: adaLN modulation, pooled embeddings, a batch of one or
+ * a few samples). x is packed once for all of K, as the GEMM packs it. On
+ * AVX-512 the skinny kernels then read w in place, 16 rows at a time, and
+ * transpose each 16 x 16 block of units in registers (as B packing does)
+ * straight into the accumulators: w is read once, nothing is packed, and
+ * the speed is that of the memory, as for a GEMV. The portable path packs
+ * 64-column chunks of w into L1 and runs the GEMM's micro-kernel on them.
  *
  * Units. Packed operands are arrays of 4-byte units: one fp32 value in
  * MATMUL_F32 mode, or a pair of bf16 values (k, k+1) in MATMUL_BF16 mode,
@@ -23,11 +27,15 @@
  * The fp8 scale is applied once to the finished sum (y = acc * scale +
  * bias), so fp8 values enter the products exactly, in bf16 mode too.
  *
- * Determinism. In the GEMM each y element is one accumulation chain in k
- * order (one FMA per k, or one bf16 dot pair per two k), carried through y
- * between K blocks, so the result depends neither on the thread count nor on
- * the tiling. The GEMV has its own fixed order (16 lanes over k, then a fixed
- * reduction tree). Threads own disjoint outputs; K is never split.
+ * Determinism. Every y element is one accumulation chain in k order from
+ * +0 (one FMA per k, or one bf16 dot pair per two k), with scale and bias
+ * applied once at the end, whichever kernel computes it: the GEMM carries
+ * the chain through y between K blocks, the skinny kernels keep it in a
+ * register. So a row's result depends on that row alone: not on the thread
+ * count, the tiling, M, or the row's place among the rows of the call. A
+ * batch of samples gives each sample the bits it gets alone (the daemon
+ * batches concurrent requests on that promise). Threads own disjoint
+ * outputs; K is never split.
  *
  * ISA, chosen at run time: AVX-512 (F/BW/VL/DQ + FMA + F16C), AVX512_BF16
  * for the bf16 kernels, else portable C. Without AVX512_BF16 the bf16 mode
@@ -49,14 +57,18 @@
 #define MM_KCU 512         /* K block, in units */
 #define MM_MC (MM_MR * 12) /* rows of x packed per block (a multiple of both MRs) */
 #define MM_NC 1024         /* columns of w packed per block */
-#define MM_GEMV_MAX_M 16   /* M at or below this takes the GEMV */
-#define MM_GEMV_RN 4       /* w rows per GEMV tile */
-#define MM_GEMV_ROWS 64    /* w rows per GEMV task */
+#define MM_SMALL_M 16      /* M at or below this takes the small-M path */
+#define MM_KCS 64          /* small-M K chunk, in units (portable C) */
+#define MM_SMALL_NP 2      /* panels per small-M step (portable C) */
 
 #define MM_BP_BYTES ((size_t)MM_KCU * MM_NC * 4)
 #define MM_AP_BYTES ((size_t)MM_MC * MM_KCU * 4)
+#define MM_SBP_BYTES ((size_t)MM_KCS * MM_NR * MM_SMALL_NP * 4)
+#define MM_SAP_BLOCK_BYTES ((size_t)MM_SMALL_M * MM_KCU * 4) /* one K block of x */
 _Static_assert(MM_BP_BYTES + MM_AP_BYTES <= CPU_SCRATCH_BYTES, "matmul blocks exceed scratch");
 _Static_assert(MM_MC % MM_MR == 0 && MM_MC % MM_MR_GEN == 0, "MC must be a multiple of MR");
+_Static_assert(MM_KCU % MM_KCS == 0, "small-M chunks must tile the K block");
+_Static_assert(MM_SMALL_M <= MM_MC, "small M is one row block");
 
 #define MM_FIRST 1 /* first K block: accumulators start at 0, not at y */
 #define MM_LAST 2  /* last K block: apply scale and bias before storing */
@@ -81,11 +93,9 @@ struct mm {
     enum mm_isa isa;
     bool bf16;  /* MATMUL_BF16 semantics */
     bool pairs; /* units are bf16 pairs (AVX512_BF16 kernels) */
-    /* GEMM task grid: tn column ranges x tm row ranges */
+    bool small; /* small-M blocking */
+    /* task grid: tn column ranges x tm row ranges */
     int64_t tn, tm, panels, mblocks;
-    /* GEMV: x rounded to bf16 (pairs: bf16 values; else f32 values) */
-    const void *xq;
-    int64_t xq_ld; /* elements */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -235,42 +245,6 @@ static void macro_gen(const struct mm *c, const float *ap, const float *bp, floa
     }
 }
 
-/* Each w row is widened once per chunk and dotted with every x row in 8
- * independent lanes (which the compiler can vectorise), summed in a fixed
- * order at the end. */
-#define MM_GEN_CHUNK 512
-static void gemv_gen(const struct mm *c, float *const *xr, float *const *yr, int64_t n_lo,
-                     int64_t n_hi)
-{
-    const float *xq = c->xq;
-    float wb[MM_GEN_CHUNK];
-    for (int64_t n = n_lo; n < n_hi; n++) {
-        const char *row = c->w + (size_t)(n * c->K) * c->wes;
-        float acc[MM_GEMV_MAX_M][8] = {{0}};
-        for (int64_t k0 = 0; k0 < c->K; k0 += MM_GEN_CHUNK) {
-            int64_t kc = min64(MM_GEN_CHUNK, c->K - k0);
-            widen_run(c, row, k0, kc, wb);
-            for (int64_t m = 0; m < c->M; m++) {
-                const float *xm = (c->bf16 ? xq + m * c->xq_ld : xr[m]) + k0;
-                int64_t k = 0;
-                for (; k + 8 <= kc; k += 8)
-                    for (int l = 0; l < 8; l++)
-                        acc[m][l] += xm[k + l] * wb[k + l];
-                for (; k < kc; k++)
-                    acc[m][0] += xm[k] * wb[k];
-            }
-        }
-        for (int64_t m = 0; m < c->M; m++) {
-            float v = ((acc[m][0] + acc[m][1]) + (acc[m][2] + acc[m][3])) +
-                      ((acc[m][4] + acc[m][5]) + (acc[m][6] + acc[m][7]));
-            v *= c->scale;
-            if (c->bias)
-                v += c->bias[n];
-            yr[m][n] = v;
-        }
-    }
-}
-
 /* ---- AVX-512: loads that widen any weight dtype ---- */
 
 MM_AVX512 MM_INLINE __mmask16 mask16(int64_t n)
@@ -281,6 +255,27 @@ MM_AVX512 MM_INLINE __mmask16 mask16(int64_t n)
 MM_AVX512 MM_INLINE __mmask32 mask32(int64_t n)
 {
     return n <= 0 ? 0 : n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
+}
+
+MM_AVX512 MM_INLINE __mmask64 mask64(int64_t n)
+{
+    return n <= 0 ? 0 : n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+}
+
+/* 16 fp8 codes (the low byte of each 16-bit lane) as fp32. */
+MM_AVX512 MM_INLINE __m512 fp8_widen(enum dtype dt, __m256i h)
+{
+    if (dt == DTYPE_F8_E5M2) /* e5m2 is the top byte of an fp16 */
+        return _mm512_cvtph_ps(_mm256_slli_epi16(h, 8));
+    /* e4m3. Placed in an fp16 as s.0eeee.mmm0000000 the value is exactly
+     * 2^-8 of the e4m3 value, subnormals included; only the NaN code
+     * (S.1111.111) needs a fix-up. */
+    __m256i mag = _mm256_and_si256(h, _mm256_set1_epi16(0x7f));
+    __m256i sgn = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x80)), 8);
+    __m256i f16 = _mm256_or_si256(_mm256_slli_epi16(mag, 7), sgn);
+    __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(f16), _mm512_set1_ps(256.0f));
+    __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
+    return _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(NAN));
 }
 
 /* Elements [i, i + n) (n clamped to [0, 16]) of a dtype array as fp32, zero
@@ -297,23 +292,10 @@ MM_AVX512 MM_INLINE __m512 ld16(enum dtype dt, const void *base, int64_t i, int6
         __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    case DTYPE_F8_E5M2: { /* e5m2 is the top byte of an fp16 */
-        __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t *)base + i);
-        return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 8));
-    }
-    case DTYPE_F8_E4M3: {
-        /* Placed in an fp16 as s.0eeee.mmm0000000 the value is exactly
-         * 2^-8 of the e4m3 value, subnormals included; only the NaN code
-         * (S.1111.111) needs a fix-up. */
-        __m128i b = _mm_maskz_loadu_epi8(m, (const uint8_t *)base + i);
-        __m256i h = _mm256_cvtepu8_epi16(b);
-        __m256i mag = _mm256_and_si256(h, _mm256_set1_epi16(0x7f));
-        __m256i sgn = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x80)), 8);
-        __m256i f16 = _mm256_or_si256(_mm256_slli_epi16(mag, 7), sgn);
-        __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(f16), _mm512_set1_ps(256.0f));
-        __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
-        return _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(NAN));
-    }
+    case DTYPE_F8_E5M2:
+    case DTYPE_F8_E4M3:
+        return fp8_widen(dt,
+                         _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, (const uint8_t *)base + i)));
     default:
         return _mm512_setzero_ps();
     }
@@ -674,250 +656,529 @@ static const mm_ukr_fn ukr_bf16_tab[MM_MR + 1] = {
     ukr_bf16_10, ukr_bf16_11, ukr_bf16_12, ukr_bf16_13, ukr_bf16_14,
 };
 
-/* One packed block: every MM_NR panel of bp against every MM_MR row group of
- * ap. The B micro-panel (kcu x 32 units, 32 KB) stays in L1 while the A
- * block streams from L2. */
+/* One packed block: every MM_NR panel of bp against the rows of ap in
+ * groups of at most MM_MR (balanced, so that a block of 16 rows runs as
+ * 8 + 8, not 14 + 2). The B micro-panel (kcu x 32 units, 32 KB) stays in L1
+ * while the A block streams from L2. */
 MM_AVX512 static void macro_avx512(const struct mm *c, const mm_ukr_fn *tab, const void *ap,
                                    const void *bp, float *const *cr, int64_t mc, int64_t n0,
                                    int64_t nc, int64_t kcu, int flags)
 {
+    int64_t groups = (mc + MM_MR - 1) / MM_MR;
     for (int64_t jr = 0; jr < nc; jr += MM_NR) {
         int64_t cols = min64(MM_NR, nc - jr);
         __mmask16 m0 = mask16(cols), m1 = mask16(cols - 16);
         const uint32_t *b = (const uint32_t *)bp + (jr / MM_NR) * kcu * MM_NR;
         const float *bias = c->bias ? c->bias + n0 + jr : NULL;
-        for (int64_t ir = 0; ir < mc; ir += MM_MR) {
-            int mr = (int)min64(MM_MR, mc - ir);
+        for (int64_t g = 0; g < groups; g++) {
+            int64_t ir = mc * g / groups, ir1 = mc * (g + 1) / groups;
             /* The C tile of the next call is loaded (or written) cold: fetch
              * it while this one computes. */
-            int64_t pr = ir + MM_MR < mc ? ir + MM_MR : 0;
-            int64_t pc = ir + MM_MR < mc ? n0 + jr : n0 + jr + MM_NR;
+            bool more = g + 1 < groups;
+            int64_t pr = more ? ir1 : 0, pe = more ? mc * (g + 2) / groups : mc / groups;
+            int64_t pc = more ? n0 + jr : n0 + jr + MM_NR;
             if (pc < n0 + nc)
-                for (int64_t i = pr; i < min64(pr + MM_MR, mc); i++) {
+                for (int64_t i = pr; i < pe; i++) {
                     _mm_prefetch((const char *)(cr[i] + pc), _MM_HINT_T0);
                     _mm_prefetch((const char *)(cr[i] + pc + 16), _MM_HINT_T0);
                 }
-            tab[mr](kcu, (const uint32_t *)ap + ir * MM_KCU, b, cr + ir, n0 + jr, m0, m1, flags,
-                    c->scale, bias);
+            tab[ir1 - ir](kcu, (const uint32_t *)ap + ir * MM_KCU, b, cr + ir, n0 + jr, m0, m1,
+                          flags, c->scale, bias);
         }
     }
 }
 
-/* ---- AVX-512 GEMV: small M, stream w rows ----
+/* ---- AVX-512 skinny kernels: M <= MM_SMALL_M ----
  *
- * A tile is MM_GEMV_RN rows of w against a group of up to MM_GEMV_MG rows
- * of x, 16 (or 32 bf16) k per step, one zmm of partial sums per output,
- * reduced at the end. The groups of x run inside the tile, so w is read
- * from memory once and from L1 for every further group. */
+ * With a few rows of x a packed B panel would be read once or twice: not
+ * worth its store and reload. These kernels read w in place, in strips of
+ * 16 rows, one 64-byte line of each row per step: the step's 16 x 16 block
+ * of 32-bit lanes is transposed in registers (transpose16, as B packing
+ * does), widened, and taken by MR accumulators (one zmm per row of x) in k
+ * order. Each output is still the GEMM's chain: the same units in the same
+ * k order, the same FMA or bf16 dot per unit from +0, scale and bias once
+ * at the end; the weights are widened (and rounded) to the same values,
+ * and x comes packed exactly as the GEMM packs it.
+ *
+ * A lane of the transpose holds one fp32 weight (widened before the
+ * transpose), or two 16-bit or four fp8 weights, widened after it: fewer
+ * shuffles per weight. bf16 widens with a shift or a mask, fp16 and fp8 are
+ * gathered by a word permute (even words low, odd words high) and widened
+ * by the code ld16 uses. The bf16 pairs for the dot are made by ld32_bf16
+ * before the transpose, as B packing makes them, or, for fp8, from the top
+ * halves of the widened values after it (fp8 is exact in bf16, so that is
+ * what cvtne2ps gives).
+ *
+ * With 1 or 2 rows of x, one chain per strip and row is too few to hide the
+ * FMA latency, so two strips run at once, as the lanes of a pipeline: lane
+ * l takes strips l, l + 2, ... of the task and runs l * D steps behind lane
+ * 0, D steps being MM_SK_STAGGER bytes of a w row. The stagger puts the
+ * lanes' current lines in different L1 sets: rows K * es bytes apart fall
+ * into a few sets when K * es is a multiple of 1, 2 or 4 KB (K = 1536,
+ * 3072, 4096), and 32 rows at one k evict one another (K = 3072 ran at half
+ * speed). 3 to 16 rows run one lane of tiles of 4, 6 or 8 rows (rows past
+ * M are packed copies, not stored); 9 to 16 rows run two tiles over each
+ * chunk of columns, the second finding w in L2. Each lane prefetches, front
+ * to back (its 16 rows are contiguous), the strip it takes next, at the
+ * rate it reads its own.
+ *
+ * The last step of a strip runs past K: w reads as zero there (masked
+ * loads) and x is packed with zeros, so the extra products are +-0. An
+ * accumulator that starts at +0 is never -0 (round to nearest: x + y = -0
+ * only if both are -0), so adding +-0 leaves it unchanged: the padding is
+ * exact. */
 
-/* Bytes ahead of the current k that the GEMV prefetches in each w row: the
- * four row streams are too many for the L1 prefetcher to run far ahead. */
-#define MM_GEMV_PF 1024
-#define MM_GEMV_MG 4 /* x rows per group */
+#define MM_SK_MR 8   /* most rows of x per tile */
+#define MM_SK_MS 2   /* most lanes */
+#define MM_SK_PAD 64 /* x units are zero-padded to a multiple of this */
+_Static_assert(MM_KCU % MM_SK_PAD == 0, "a step must not straddle K blocks");
+#define MM_SK_STAGGER 256 /* bytes of a w row between the lanes */
 
-MM_AVX512 MM_INLINE void gemv_store(const struct mm *c, const int mr,
-                                    __m512 acc[MM_GEMV_MG][MM_GEMV_RN], float *const *yr, int64_t n,
-                                    int64_t n_hi)
+/* Prefetch n lines from p (p == NULL: none). */
+MM_INLINE void sk_prefetch(const char *p, const int n)
 {
-    /* Fully unrolled: a runtime index into acc would keep it in memory. */
-#pragma GCC unroll 4
-    for (int i = 0; i < MM_GEMV_MG; i++) {
-#pragma GCC unroll 4
-        for (int j = 0; j < MM_GEMV_RN; j++) {
-            if (i < mr && n + j < n_hi) {
-                float v = _mm512_reduce_add_ps(acc[i][j]) * c->scale;
-                if (c->bias)
-                    v += c->bias[n + j];
-                yr[i][n + j] = v;
-            }
+    if (p)
+#pragma GCC unroll 32
+        for (int i = 0; i < n; i++)
+            _mm_prefetch(p + 64 * i, _MM_HINT_T1);
+}
+
+/* Scale, bias and store lane l's accumulators: columns [n0, n0 + 16) of
+ * y, below n_hi; rows below mr. */
+MM_AVX512 MM_INLINE void sk_store(const int MR, const struct mm *c, __m512 acc[MM_SK_MR][MM_SK_MS],
+                                  const int l, int mr, float *const *yr, int64_t n0, int64_t n_hi)
+{
+    __mmask16 mk = mask16(n_hi - n0);
+    __m512 b = c->bias ? _mm512_maskz_loadu_ps(mk, c->bias + n0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++) {
+        if (m < mr) {
+            __m512 v = acc[m][l];
+            if (c->scale != 1.0f)
+                v = _mm512_mul_ps(v, _mm512_set1_ps(c->scale));
+            if (c->bias)
+                v = _mm512_add_ps(v, b);
+            _mm512_mask_storeu_ps(yr[m] + n0, mk, v);
         }
+        acc[m][l] = _mm512_setzero_ps();
     }
 }
 
-MM_AVX512 MM_INLINE void gemv_f32_tile(enum dtype dt, bool rnd, const int mr, const struct mm *c,
-                                       const char *const *wr, float *const *xr, float *const *yr,
-                                       int64_t n, int64_t n_hi)
+/* k values per 32-bit lane of a transposed step of raw weights: 16-bit
+ * weights go as pairs, fp8 as quads (fp32 weights are widened per value). */
+static inline int sk_kpl(enum dtype dt) { return dt == DTYPE_F32 ? 1 : 4 / (int)wsize(dt); }
+
+/* Lane words 2i to the low half, 2i + 1 to the high half. */
+static const uint16_t sk_evens_odds[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                           22, 24, 26, 28, 30, 1,  3,  5,  7,  9,  11,
+                                           13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+
+/* Rows [0, nrows) of the strip at w, 16 lanes from k: 16 values (fp32
+ * weights, widened by ld16, rounded if rnd) or 16 * kpl raw weights per
+ * row, transposed: r[q] holds lane q of the 16 rows. Zero past nrows and
+ * past K. */
+MM_AVX512 MM_INLINE void sk_load(enum dtype dt, bool rnd, const char *w, int64_t K, int nrows,
+                                 int64_t k, __m512 r[16])
 {
-    const int64_t K = c->K;
-    size_t es = wsize(dt);
-    __m512 acc[MM_GEMV_MG][MM_GEMV_RN];
-#pragma GCC unroll 4
-    for (int i = 0; i < MM_GEMV_MG; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < MM_GEMV_RN; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-        __m512 wv[MM_GEMV_RN];
-#pragma GCC unroll 4
-        for (int j = 0; j < MM_GEMV_RN; j++) {
-            _mm_prefetch(wr[j] + (size_t)k * es + MM_GEMV_PF, _MM_HINT_T0);
-            wv[j] = ld16(dt, wr[j], k, K - k);
-            if (rnd)
-                wv[j] = round_bf16_v(wv[j]);
+    const size_t es = wsize(dt), ld = (size_t)K * es;
+    const int kpl = sk_kpl(dt);
+    const char *p = w + (size_t)k * es;
+    if (nrows == 16 && k + 16 * kpl <= K) {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            r[j] = kpl > 1 ? _mm512_loadu_ps(p + j * ld) : ld16(dt, p + j * ld, 0, 16);
+            if (rnd && kpl == 1)
+                r[j] = round_bf16_v(r[j]);
         }
-        __mmask16 m = mask16(K - k);
-#pragma GCC unroll 4
-        for (int i = 0; i < MM_GEMV_MG; i++) {
-            if (i < mr) {
-                __m512 xv = _mm512_maskz_loadu_ps(m, xr[i] + k);
-#pragma GCC unroll 4
-                for (int j = 0; j < MM_GEMV_RN; j++)
-                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-            }
+    } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            if (j >= nrows)
+                r[j] = _mm512_setzero_ps();
+            else if (kpl == 4)
+                r[j] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi8(mask64(K - k), p + j * ld));
+            else if (kpl == 2)
+                r[j] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask32(K - k), p + j * ld));
+            else
+                r[j] = rnd ? round_bf16_v(ld16(dt, p + j * ld, 0, K - k))
+                           : ld16(dt, p + j * ld, 0, K - k);
         }
     }
-    gemv_store(c, mr, acc, yr, n, n_hi);
+    transpose16(r);
 }
 
-MM_AVX512 MM_INLINE void gemv_f32_t(enum dtype dt, bool rnd, const struct mm *c, float *const *xr,
-                                    float *const *yr, int64_t n_lo, int64_t n_hi)
+/* The kpl k values of a transposed lane vector v as fp32 vectors f[i]
+ * (k + i), widened exactly as ld16 widens them (and rounded if rnd). */
+MM_AVX512 MM_INLINE void sk_widen(enum dtype dt, bool rnd, __m512 v, __m512 f[4])
 {
-    for (int64_t n = n_lo; n < n_hi; n += MM_GEMV_RN) {
-        const char *wr[MM_GEMV_RN];
-        for (int j = 0; j < MM_GEMV_RN; j++)
-            wr[j] = c->w + (size_t)(min64(n + j, n_hi - 1) * c->K) * wsize(dt);
-        for (int64_t m0 = 0; m0 < c->M; m0 += MM_GEMV_MG) {
-            switch (min64(MM_GEMV_MG, c->M - m0)) {
-            case 1:
-                gemv_f32_tile(dt, rnd, 1, c, wr, xr + m0, yr + m0, n, n_hi);
-                break;
-            case 2:
-                gemv_f32_tile(dt, rnd, 2, c, wr, xr + m0, yr + m0, n, n_hi);
-                break;
-            case 3:
-                gemv_f32_tile(dt, rnd, 3, c, wr, xr + m0, yr + m0, n, n_hi);
-                break;
-            default:
-                gemv_f32_tile(dt, rnd, 4, c, wr, xr + m0, yr + m0, n, n_hi);
-            }
+    __m512i vi = _mm512_castps_si512(v);
+    if (dt == DTYPE_F32) {
+        f[0] = v;
+    } else if (dt == DTYPE_BF16) {
+        f[0] = _mm512_castsi512_ps(_mm512_slli_epi32(vi, 16));
+        f[1] = _mm512_castsi512_ps(_mm512_and_si512(vi, _mm512_set1_epi32((int)0xffff0000u)));
+    } else if (dt == DTYPE_F16) {
+        vi = _mm512_permutexvar_epi16(_mm512_loadu_si512(sk_evens_odds), vi);
+        f[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(vi));
+        f[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(vi, 1));
+        if (rnd) {
+            f[0] = round_bf16_v(f[0]);
+            f[1] = round_bf16_v(f[1]);
         }
-    }
-}
-
-MM_AVX512 static void gemv_f32(const struct mm *c, float *const *xr, float *const *yr, int64_t n_lo,
-                               int64_t n_hi)
-{
-    bool r = c->bf16;
-    switch (c->wdt) {
-    case DTYPE_F32:
-        if (r)
-            gemv_f32_t(DTYPE_F32, true, c, xr, yr, n_lo, n_hi);
-        else
-            gemv_f32_t(DTYPE_F32, false, c, xr, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F16:
-        if (r)
-            gemv_f32_t(DTYPE_F16, true, c, xr, yr, n_lo, n_hi);
-        else
-            gemv_f32_t(DTYPE_F16, false, c, xr, yr, n_lo, n_hi);
-        break;
-    case DTYPE_BF16:
-        gemv_f32_t(DTYPE_BF16, false, c, xr, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F8_E4M3:
-        gemv_f32_t(DTYPE_F8_E4M3, false, c, xr, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F8_E5M2:
-        gemv_f32_t(DTYPE_F8_E5M2, false, c, xr, yr, n_lo, n_hi);
-        break;
-    default:
-        RALUD_ASSERT(!"matmul: weight dtype");
+    } else {
+        __m512i idx = _mm512_loadu_si512(sk_evens_odds);
+        __m512i w02 =
+            _mm512_permutexvar_epi16(idx, _mm512_and_si512(vi, _mm512_set1_epi32(0x00ff00ff)));
+        __m512i w13 = _mm512_permutexvar_epi16(idx, _mm512_srli_epi16(vi, 8));
+        f[0] = fp8_widen(dt, _mm512_castsi512_si256(w02));
+        f[1] = fp8_widen(dt, _mm512_castsi512_si256(w13));
+        f[2] = fp8_widen(dt, _mm512_extracti64x4_epi64(w02, 1));
+        f[3] = fp8_widen(dt, _mm512_extracti64x4_epi64(w13, 1));
     }
 }
 
-/* xq: MM_GEMV_MG rows of bf16 x, c->xq_ld apart, zero-padded to 32. */
-MM_AVX512BF16 MM_INLINE void gemv_pairs_tile(enum dtype dt, const int mr, const struct mm *c,
-                                             const char *const *wr, const uint16_t *xq,
-                                             float *const *yr, int64_t n, int64_t n_hi)
+/* One step of lane l in fp32 units: 16 * kpl units from unit u of the
+ * strip's rows at w; x units at a (MR rows MM_KCU apart). */
+MM_AVX512 MM_INLINE void sk_step_f32(enum dtype dt, bool rnd, const int MR, const int l,
+                                     const char *w, int64_t K, int nrows, int64_t u, const char *pf,
+                                     const float *a, __m512 acc[MM_SK_MR][MM_SK_MS])
 {
-    const int64_t K = c->K;
-    size_t es = wsize(dt);
-    __m512 acc[MM_GEMV_MG][MM_GEMV_RN];
+    const int kpl = sk_kpl(dt);
+    __m512 r[16];
+    sk_prefetch(pf, kpl * (int)wsize(dt) * 4);
+    sk_load(dt, rnd, w, K, nrows, u, r);
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++) {
+        __m512 f[4];
+        sk_widen(dt, rnd, r[q], f);
 #pragma GCC unroll 4
-    for (int i = 0; i < MM_GEMV_MG; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < MM_GEMV_RN; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
-        __m512bh wv[MM_GEMV_RN];
-#pragma GCC unroll 4
-        for (int j = 0; j < MM_GEMV_RN; j++) {
-            _mm_prefetch(wr[j] + (size_t)k * es + MM_GEMV_PF, _MM_HINT_T0);
-            wv[j] = (__m512bh)ld32_bf16(dt, wr[j], k, K - k);
-        }
-#pragma GCC unroll 4
-        for (int i = 0; i < MM_GEMV_MG; i++) {
-            if (i < mr) {
-                __m512bh xv = (__m512bh)_mm512_load_si512(xq + i * c->xq_ld + k);
-#pragma GCC unroll 4
-                for (int j = 0; j < MM_GEMV_RN; j++)
-                    acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
-            }
-        }
-    }
-    gemv_store(c, mr, acc, yr, n, n_hi);
-}
-
-MM_AVX512BF16 MM_INLINE void gemv_pairs_t(enum dtype dt, const struct mm *c, float *const *yr,
-                                          int64_t n_lo, int64_t n_hi)
-{
-    const uint16_t *xq = c->xq;
-    for (int64_t n = n_lo; n < n_hi; n += MM_GEMV_RN) {
-        const char *wr[MM_GEMV_RN];
-        for (int j = 0; j < MM_GEMV_RN; j++)
-            wr[j] = c->w + (size_t)(min64(n + j, n_hi - 1) * c->K) * wsize(dt);
-        for (int64_t m0 = 0; m0 < c->M; m0 += MM_GEMV_MG) {
-            const uint16_t *xg = xq + m0 * c->xq_ld;
-            switch (min64(MM_GEMV_MG, c->M - m0)) {
-            case 1:
-                gemv_pairs_tile(dt, 1, c, wr, xg, yr + m0, n, n_hi);
-                break;
-            case 2:
-                gemv_pairs_tile(dt, 2, c, wr, xg, yr + m0, n, n_hi);
-                break;
-            case 3:
-                gemv_pairs_tile(dt, 3, c, wr, xg, yr + m0, n, n_hi);
-                break;
-            default:
-                gemv_pairs_tile(dt, 4, c, wr, xg, yr + m0, n, n_hi);
-            }
-        }
+        for (int i = 0; i < kpl; i++)
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++)
+                acc[m][l] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(a[m * MM_KCU + kpl * q + i]), f[i], acc[m][l]);
     }
 }
 
-MM_AVX512BF16 static void gemv_pairs(const struct mm *c, float *const *yr, int64_t n_lo,
-                                     int64_t n_hi)
+/* One step of lane l in bf16 pair units: 16 lanes of the strip's rows from
+ * pair u, each lane one pair (widened and rounded by ld32_bf16 before the
+ * transpose) or, for fp8, two pairs (exact in bf16, so the pair is the top
+ * halves of the widened values, as cvtne2ps would round them). */
+MM_AVX512BF16 MM_INLINE void sk_step_pairs(enum dtype dt, const int MR, const int l, const char *w,
+                                           int64_t K, int nrows, int64_t u, const char *pf,
+                                           const uint32_t *a, __m512 acc[MM_SK_MR][MM_SK_MS])
 {
-    switch (c->wdt) {
-    case DTYPE_F32:
-        gemv_pairs_t(DTYPE_F32, c, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F16:
-        gemv_pairs_t(DTYPE_F16, c, yr, n_lo, n_hi);
-        break;
-    case DTYPE_BF16:
-        gemv_pairs_t(DTYPE_BF16, c, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F8_E4M3:
-        gemv_pairs_t(DTYPE_F8_E4M3, c, yr, n_lo, n_hi);
-        break;
-    case DTYPE_F8_E5M2:
-        gemv_pairs_t(DTYPE_F8_E5M2, c, yr, n_lo, n_hi);
-        break;
-    default:
-        RALUD_ASSERT(!"matmul: weight dtype");
+    const size_t es = wsize(dt), ld = (size_t)K * es;
+    const bool quad = es == 1;
+    __m512 r[16];
+    sk_prefetch(pf, 8 * (int)es * (quad ? 2 : 1));
+    if (quad) {
+        sk_load(dt, false, w, K, nrows, 2 * u, r);
+    } else {
+        const char *p = w + (size_t)(2 * u) * es;
+        if (nrows == 16 && 2 * u + 32 <= K) {
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                r[j] = _mm512_castsi512_ps(ld32_bf16(dt, p + j * ld, 0, 32));
+        } else {
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                r[j] = j < nrows ? _mm512_castsi512_ps(ld32_bf16(dt, p + j * ld, 0, K - 2 * u))
+                                 : _mm512_setzero_ps();
+        }
+        transpose16(r);
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++) {
+        __m512i b[2];
+        if (quad) {
+            __m512 f[4];
+            sk_widen(dt, false, r[q], f);
+            __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+            for (int i = 0; i < 2; i++)
+                b[i] = _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(f[2 * i]), 16),
+                                       _mm512_and_si512(_mm512_castps_si512(f[2 * i + 1]), hi));
+        } else {
+            b[0] = _mm512_castps_si512(r[q]);
+        }
+        for (int i = 0; i < (quad ? 2 : 1); i++)
+#pragma GCC unroll 8
+            for (int m = 0; m < MR; m++)
+                acc[m][l] = _mm512_dpbf16_ps(
+                    acc[m][l],
+                    (__m512bh)_mm512_set1_epi32((int)a[m * MM_KCU + (quad ? 2 : 1) * q + i]),
+                    (__m512bh)b[i]);
     }
 }
 
-/* x rows to bf16 (zero-padded to a multiple of 32) for the bf16 GEMV. */
-MM_AVX512BF16 static void gemv_quant_pairs(const struct mm *c, float *const *xr, uint16_t *xq)
+/* The lane pipeline over columns [n_lo, n_hi) for mr <= MR rows of x, packed
+ * at ap (K blocks of ablock units, units_k units in all). STEP(L) is a step
+ * of lane L (a constant, so that acc stays in registers) at w, nrows, u,
+ * pf, a. */
+#define MM_SK_LANE(L, ptr_t, step, row_bytes, STEP)                                            \
+    if (MS > (L) && n[L] < n_hi) {                                                             \
+        more = true;                                                                           \
+        if (st[L] < 0) {                                                                       \
+            st[L]++;                                                                           \
+        } else {                                                                               \
+            int64_t u = st[L] * (step);                                                        \
+            const char *w = c->w + (size_t)n[L] * ld;                                          \
+            int nrows = (int)min64(16, n_hi - n[L]);                                           \
+            size_t off = (size_t)(st[L] * 16 * (row_bytes));                                   \
+            const char *pf =                                                                   \
+                n[L] + 16 * MS + 16 <= pf_hi && off < 16 * ld ? w + 16 * MS * ld + off : NULL; \
+            const ptr_t *a = ap + u / MM_KCU * ablock + u % MM_KCU;                            \
+            STEP(L);                                                                           \
+            if (++st[L] == nsteps) {                                                           \
+                sk_store(MR, c, acc, L, mr, yr, n[L], n_hi);                                   \
+                n[L] += 16 * MS;                                                               \
+                st[L] = 0;                                                                     \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+#define MM_SK_PIPELINE(ptr_t, units_k, step, row_bytes, STEP)                                     \
+    do {                                                                                          \
+        const size_t ld = (size_t)c->K * wsize(dt);                                               \
+        const int64_t nsteps = ((units_k) + (step)-1) / (step);                                   \
+        const int64_t D = MM_SK_STAGGER / (row_bytes) > 0 ? MM_SK_STAGGER / (row_bytes) : 1;      \
+        int64_t n[MM_SK_MS], st[MM_SK_MS];                                                        \
+        __m512 acc[MM_SK_MR][MM_SK_MS];                                                           \
+        _Pragma("GCC unroll 2") for (int l = 0; l < MS; l++)                                      \
+        {                                                                                         \
+            n[l] = n_lo + 16 * l;                                                                 \
+            st[l] = -l * D;                                                                       \
+            _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) acc[m][l] = _mm512_setzero_ps(); \
+        }                                                                                         \
+        for (bool more = true; more;) {                                                           \
+            more = false;                                                                         \
+            MM_SK_LANE(0, ptr_t, step, row_bytes, STEP)                                           \
+            MM_SK_LANE(1, ptr_t, step, row_bytes, STEP)                                           \
+        }                                                                                         \
+    } while (0)
+
+_Static_assert(MM_SK_MS == 2, "MM_SK_PIPELINE spells out two lanes");
+
+#define SK_STEP_F32(L) sk_step_f32(dt, rnd, MR, L, w, c->K, nrows, u, pf, a, acc)
+#define SK_STEP_PAIRS(L) sk_step_pairs(dt, MR, L, w, c->K, nrows, u, pf, a, acc)
+
+MM_AVX512 MM_INLINE void sk_f32_run(enum dtype dt, const int MR, const int MS, const struct mm *c,
+                                    const float *ap, int64_t ablock, int mr, float *const *yr,
+                                    int64_t n_lo, int64_t n_hi, int64_t pf_hi)
 {
-    for (int64_t m = 0; m < c->M; m++)
-        for (int64_t k = 0; k < c->xq_ld; k += 32)
-            _mm512_store_si512(xq + m * c->xq_ld + k, ld32_bf16(DTYPE_F32, xr[m], k, c->K - k));
+    const bool rnd = c->bf16 && (dt == DTYPE_F32 || dt == DTYPE_F16);
+    MM_SK_PIPELINE(float, c->K, 16 * sk_kpl(dt), 64, SK_STEP_F32);
+}
+
+MM_AVX512BF16 MM_INLINE void sk_pairs_run(enum dtype dt, const int MR, const int MS,
+                                          const struct mm *c, const uint32_t *ap, int64_t ablock,
+                                          int mr, float *const *yr, int64_t n_lo, int64_t n_hi,
+                                          int64_t pf_hi)
+{
+    MM_SK_PIPELINE(uint32_t, (c->K + 1) / 2, wsize(dt) == 1 ? 32 : 16,
+                   wsize(dt) == 1 ? 64 : 32 * (int64_t)wsize(dt), SK_STEP_PAIRS);
+}
+
+/* Row tiles for mr rows of x: groups of `rows` rows, each run as a tile of
+ * MR rows (MR >= rows; the packed x has the rows to spare, see
+ * sk_rows_packed). 1 or 2 rows: two lanes of 1 or 2 rows; 3 or 4 rows: one
+ * lane of 4; 5 to 16 rows: one lane of 6 or 8 per group, over chunks of
+ * columns small enough that the groups after the first find w in L2. */
+struct sk_plan {
+    int MR, rows, groups;
+};
+
+static struct sk_plan sk_plan_rows(int64_t mr)
+{
+    if (mr <= 2)
+        return (struct sk_plan){(int)mr, (int)mr, 1};
+    if (mr <= 4)
+        return (struct sk_plan){4, (int)mr, 1};
+    int groups = (int)(mr + 7) / 8, rows = ((int)mr + groups - 1) / groups;
+    return (struct sk_plan){rows <= 6 ? 6 : 8, rows, groups};
+}
+
+static int64_t sk_rows_packed(int64_t mr)
+{
+    struct sk_plan pl = sk_plan_rows(mr);
+    return (int64_t)(pl.groups - 1) * pl.rows + pl.MR;
+}
+
+#define MM_SK_GROUP_BYTES (256 << 10) /* w per column chunk when rows come in groups */
+
+#define MM_SK_FN(attr, kind, dt, ptr_t)                                                            \
+    attr static void sk_##kind##_##dt(const struct mm *c, const void *ap, int64_t ablock, int mr,  \
+                                      float *const *yr, int64_t n_lo, int64_t n_hi)                \
+    {                                                                                              \
+        const ptr_t *a = ap;                                                                       \
+        struct sk_plan pl = sk_plan_rows(mr);                                                      \
+        if (pl.MR == 1) {                                                                          \
+            sk_##kind##_run(DTYPE_##dt, 1, 2, c, a, ablock, mr, yr, n_lo, n_hi, n_hi);             \
+            return;                                                                                \
+        }                                                                                          \
+        if (pl.MR == 2) {                                                                          \
+            sk_##kind##_run(DTYPE_##dt, 2, 2, c, a, ablock, mr, yr, n_lo, n_hi, n_hi);             \
+            return;                                                                                \
+        }                                                                                          \
+        if (pl.MR == 4) {                                                                          \
+            sk_##kind##_run(DTYPE_##dt, 4, 1, c, a, ablock, mr, yr, n_lo, n_hi, n_hi);             \
+            return;                                                                                \
+        }                                                                                          \
+        int64_t chunk = pl.groups == 1                                                             \
+                            ? n_hi - n_lo                                                          \
+                            : MM_SK_GROUP_BYTES / (c->K * (int64_t)wsize(DTYPE_##dt)) / 16 * 16;   \
+        chunk = chunk < 16 ? 16 : chunk;                                                           \
+        for (int64_t n0 = n_lo; n0 < n_hi; n0 += chunk) {                                          \
+            int64_t n1 = min64(n0 + chunk, n_hi);                                                  \
+            for (int g = 0; g < pl.groups; g++) {                                                  \
+                const ptr_t *ag = a + g * pl.rows * MM_KCU;                                        \
+                int rg = (int)min64(pl.rows, mr - g * pl.rows);                                    \
+                if (pl.MR == 6)                                                                    \
+                    sk_##kind##_run(DTYPE_##dt, 6, 1, c, ag, ablock, rg, yr + g * pl.rows, n0, n1, \
+                                    n_hi);                                                         \
+                else                                                                               \
+                    sk_##kind##_run(DTYPE_##dt, 8, 1, c, ag, ablock, rg, yr + g * pl.rows, n0, n1, \
+                                    n_hi);                                                         \
+            }                                                                                      \
+        }                                                                                          \
+    }
+MM_SK_FN(MM_AVX512, f32, F32, float)
+MM_SK_FN(MM_AVX512, f32, F16, float)
+MM_SK_FN(MM_AVX512, f32, BF16, float)
+MM_SK_FN(MM_AVX512, f32, F8_E4M3, float)
+MM_SK_FN(MM_AVX512, f32, F8_E5M2, float)
+MM_SK_FN(MM_AVX512BF16, pairs, F32, uint32_t)
+MM_SK_FN(MM_AVX512BF16, pairs, F16, uint32_t)
+MM_SK_FN(MM_AVX512BF16, pairs, BF16, uint32_t)
+MM_SK_FN(MM_AVX512BF16, pairs, F8_E4M3, uint32_t)
+MM_SK_FN(MM_AVX512BF16, pairs, F8_E5M2, uint32_t)
+
+typedef void (*mm_sk_fn)(const struct mm *c, const void *ap, int64_t ablock, int mr,
+                         float *const *yr, int64_t n_lo, int64_t n_hi);
+
+static mm_sk_fn skinny_fn(const struct mm *c)
+{
+    static const enum dtype dts[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F8_E4M3,
+                                     DTYPE_F8_E5M2};
+    static const mm_sk_fn f32[] = {sk_f32_F32, sk_f32_F16, sk_f32_BF16, sk_f32_F8_E4M3,
+                                   sk_f32_F8_E5M2};
+    static const mm_sk_fn pairs[] = {sk_pairs_F32, sk_pairs_F16, sk_pairs_BF16, sk_pairs_F8_E4M3,
+                                     sk_pairs_F8_E5M2};
+    for (int i = 0; i < 5; i++)
+        if (c->wdt == dts[i])
+            return c->pairs ? pairs[i] : f32[i];
+    RALUD_ASSERT(!"matmul: weight dtype");
+    return NULL;
 }
 
 /* ---- tasks ---- */
+
+/* The steps of a block at the selected ISA: B (w) and A (x) packing, and
+ * the micro-kernel sweep. kv values of k from k0 make kcu units. */
+static void mm_pack_b(const struct mm *c, int64_t n0, int64_t nc, int64_t k0, int64_t kv,
+                      int64_t kcu, void *bp)
+{
+    switch (c->isa) {
+    case MM_ISA_AVX512BF16:
+        if (c->pairs) {
+            pack_b_pairs(c, n0, nc, k0, kv, kcu, bp);
+            break;
+        }
+        /* fall through */
+    case MM_ISA_AVX512:
+        pack_b_f32(c, n0, nc, k0, kcu, bp);
+        break;
+    default:
+        pack_b_gen(c, n0, nc, k0, kcu, bp);
+    }
+}
+
+static void mm_pack_a(const struct mm *c, float *const *xr, int64_t mc, int64_t k0, int64_t kv,
+                      int64_t kcu, void *ap)
+{
+    switch (c->isa) {
+    case MM_ISA_AVX512BF16:
+        if (c->pairs) {
+            pack_a_pairs(xr, mc, k0, kv, kcu, ap);
+            break;
+        }
+        /* fall through */
+    case MM_ISA_AVX512:
+        pack_a_f32(c, xr, mc, k0, kcu, ap);
+        break;
+    default:
+        pack_a_gen(c, xr, mc, k0, kcu, ap);
+    }
+}
+
+static void mm_macro(const struct mm *c, const void *ap, const void *bp, float *const *cr,
+                     int64_t mc, int64_t n0, int64_t nc, int64_t kcu, int flags)
+{
+    switch (c->isa) {
+    case MM_ISA_AVX512BF16:
+        if (c->pairs) {
+            macro_avx512(c, ukr_bf16_tab, ap, bp, cr, mc, n0, nc, kcu, flags);
+            break;
+        }
+        /* fall through */
+    case MM_ISA_AVX512:
+        macro_avx512(c, ukr_f32_tab, ap, bp, cr, mc, n0, nc, kcu, flags);
+        break;
+    default:
+        macro_gen(c, ap, bp, cr, mc, n0, nc, kcu, flags);
+    }
+}
+
+/* Small M: x is packed once for all of K (K blocks of MM_KCU units, as the
+ * GEMM packs them), then the skinny kernels run (AVX-512), or (portable C)
+ * MM_SMALL_NP panels of w at a time are streamed through K in chunks of
+ * MM_KCS units, each chunk packed into L1 and swept by the GEMM's
+ * micro-kernel. */
+static void small_task(const struct mm *c, char *scratch, int64_t n_lo, int64_t n_hi, int64_t m_lo,
+                       int64_t m_hi)
+{
+    void *bp = scratch;
+    char *ap = scratch + MM_SBP_BYTES;
+    int64_t mc = m_hi - m_lo;
+    float *xr[MM_SMALL_M], *cr[MM_SMALL_M];
+    row_ptrs(c->x, m_lo, mc, xr);
+    row_ptrs(c->y, m_lo, mc, cr);
+    /* The skinny tiles may read rows past mc: those are packed as copies of
+     * the last row (their results are not stored). */
+    bool skinny = c->isa != MM_ISA_GENERIC;
+    int64_t mp = skinny ? sk_rows_packed(mc) : mc;
+    RALUD_ASSERT(mp <= MM_SMALL_M);
+    for (int64_t i = mc; i < mp; i++)
+        xr[i] = xr[mc - 1];
+    int64_t vpu = c->pairs ? 2 : 1; /* k values per unit */
+    size_t ablock = (size_t)mp * MM_KCU * 4;
+    for (int64_t k0 = 0, b = 0; k0 < c->K; k0 += vpu * MM_KCU, b++) {
+        int64_t kv = min64(vpu * MM_KCU, c->K - k0);
+        int64_t kcu = (kv + vpu - 1) / vpu;
+        mm_pack_a(c, xr, mp, k0, kv, kcu, ap + b * ablock);
+        /* the skinny kernels' last step runs on to a multiple of MM_SK_PAD */
+        if (skinny && kv < vpu * MM_KCU)
+            for (int64_t i = 0; i < mp; i++)
+                memset(ap + b * ablock + (size_t)(i * MM_KCU + kcu) * 4, 0,
+                       (size_t)((kcu + MM_SK_PAD - 1) / MM_SK_PAD * MM_SK_PAD - kcu) * 4);
+    }
+    if (skinny) {
+        skinny_fn(c)(c, ap, mp * MM_KCU, (int)mc, cr, n_lo, n_hi);
+        return;
+    }
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += MM_NR * MM_SMALL_NP) {
+        int64_t nc = min64(MM_NR * MM_SMALL_NP, n_hi - n0);
+        for (int64_t k0 = 0; k0 < c->K; k0 += vpu * MM_KCS) {
+            int64_t kv = min64(vpu * MM_KCS, c->K - k0);
+            int64_t kcu = (kv + vpu - 1) / vpu;
+            int flags = (k0 == 0 ? MM_FIRST : 0) | (k0 + vpu * MM_KCS >= c->K ? MM_LAST : 0);
+            int64_t u0 = k0 / vpu;
+            const char *a = ap + (size_t)(u0 / MM_KCU) * ablock + (size_t)(u0 % MM_KCU) * 4;
+            mm_pack_b(c, n0, nc, k0, kv, kcu, bp);
+            mm_macro(c, a, bp, cr, mc, n0, nc, kcu, flags);
+        }
+    }
+}
 
 static void gemm_task(void *arg, int64_t t, int thread)
 {
@@ -928,6 +1189,10 @@ static void gemm_task(void *arg, int64_t t, int thread)
     int64_t m_lo = tm * c->mblocks / c->tm * MM_MR;
     int64_t m_hi = min64(c->M, (tm + 1) * c->mblocks / c->tm * MM_MR);
     char *scratch = cpu_scratch(c->be, thread);
+    if (c->small) {
+        small_task(c, scratch, n_lo, n_hi, m_lo, m_hi);
+        return;
+    }
     void *bp = scratch;
     void *ap = scratch + MM_BP_BYTES;
     float *xr[MM_MC], *cr[MM_MC];
@@ -939,76 +1204,22 @@ static void gemm_task(void *arg, int64_t t, int thread)
             int64_t kv = min64(kstep, c->K - k0);
             int64_t kcu = c->pairs ? (kv + 1) / 2 : kv;
             int flags = (k0 == 0 ? MM_FIRST : 0) | (k0 + kstep >= c->K ? MM_LAST : 0);
-            switch (c->isa) {
-            case MM_ISA_AVX512BF16:
-                if (c->pairs) {
-                    pack_b_pairs(c, n0, nc, k0, kv, kcu, bp);
-                    break;
-                }
-                /* fall through */
-            case MM_ISA_AVX512:
-                pack_b_f32(c, n0, nc, k0, kcu, bp);
-                break;
-            default:
-                pack_b_gen(c, n0, nc, k0, kcu, bp);
-            }
+            mm_pack_b(c, n0, nc, k0, kv, kcu, bp);
             for (int64_t m0 = m_lo; m0 < m_hi; m0 += MM_MC) {
                 int64_t mc = min64(MM_MC, m_hi - m0);
                 row_ptrs(c->x, m0, mc, xr);
                 row_ptrs(c->y, m0, mc, cr);
-                switch (c->isa) {
-                case MM_ISA_AVX512BF16:
-                    if (c->pairs) {
-                        pack_a_pairs(xr, mc, k0, kv, kcu, ap);
-                        macro_avx512(c, ukr_bf16_tab, ap, bp, cr, mc, n0, nc, kcu, flags);
-                        break;
-                    }
-                    /* fall through */
-                case MM_ISA_AVX512:
-                    pack_a_f32(c, xr, mc, k0, kcu, ap);
-                    macro_avx512(c, ukr_f32_tab, ap, bp, cr, mc, n0, nc, kcu, flags);
-                    break;
-                default:
-                    pack_a_gen(c, xr, mc, k0, kcu, ap);
-                    macro_gen(c, ap, bp, cr, mc, n0, nc, kcu, flags);
-                }
+                mm_pack_a(c, xr, mc, k0, kv, kcu, ap);
+                mm_macro(c, ap, bp, cr, mc, n0, nc, kcu, flags);
             }
         }
     }
 }
 
-static void gemv_task(void *arg, int64_t t, int thread)
-{
-    (void)thread;
-    const struct mm *c = arg;
-    int64_t n_lo = t * MM_GEMV_ROWS, n_hi = min64(c->N, n_lo + MM_GEMV_ROWS);
-    float *xr[MM_GEMV_MAX_M], *yr[MM_GEMV_MAX_M];
-    row_ptrs(c->x, 0, c->M, xr);
-    row_ptrs(c->y, 0, c->M, yr);
-    if (c->bf16 && !c->pairs) { /* rounded x in scratch, f32 values */
-        for (int64_t m = 0; m < c->M; m++)
-            xr[m] = (float *)c->xq + m * c->xq_ld;
-    }
-    switch (c->isa) {
-    case MM_ISA_AVX512BF16:
-        if (c->pairs) {
-            gemv_pairs(c, yr, n_lo, n_hi);
-            break;
-        }
-        /* fall through */
-    case MM_ISA_AVX512:
-        gemv_f32(c, xr, yr, n_lo, n_hi);
-        break;
-    default:
-        gemv_gen(c, xr, yr, n_lo, n_hi);
-    }
-}
-
-/* Task grid for the GEMM path. Splitting N costs nothing extra (each task
- * widens only its own columns of w); splitting M makes every M range widen
- * the same w again, so M is split only when N alone cannot feed the
- * threads. Wide column ranges (>= 32 panels where possible) keep the
- * re-packing of x cheap. */
+/* Task grid. Splitting N costs nothing extra (each task widens only its own
+ * columns of w); splitting M makes every M range widen the same w again, so
+ * M is split only when N alone cannot feed the threads. Wide column ranges
+ * (>= 32 panels where possible) keep the re-packing of x cheap. */
 static void gemm_grid(struct mm *c, int threads)
 {
     c->panels = (c->N + MM_NR - 1) / MM_NR;
@@ -1049,29 +1260,13 @@ void cpu_matmul(struct backend *be, struct tensor *y, const struct tensor *x,
     }
     c.isa = detect_isa();
     c.pairs = c.bf16 && c.isa == MM_ISA_AVX512BF16;
+    /* Both blockings give every y element the same chain: the choice is a
+     * matter of speed only. */
+    int64_t kunits = c.pairs ? (c.K + 1) / 2 : c.K;
+    int64_t kblocks = (kunits + MM_KCU - 1) / MM_KCU;
+    c.small = c.M <= MM_SMALL_M &&
+              MM_SBP_BYTES + (size_t)kblocks * MM_SAP_BLOCK_BYTES <= CPU_SCRATCH_BYTES;
     struct pool *pool = cpu_pool(be);
-
-    int64_t xq_ld = (c.K + 31) / 32 * 32;
-    if (c.M <= MM_GEMV_MAX_M && (size_t)(c.M * xq_ld) * 4 <= CPU_SCRATCH_BYTES) {
-        if (c.bf16) {
-            /* Rounded x lives in the caller's (thread 0's) scratch and is
-             * read by every task; GEMV tasks use no other scratch. */
-            float *xr[MM_GEMV_MAX_M];
-            row_ptrs(x, 0, c.M, xr);
-            void *xq = cpu_scratch(be, 0);
-            c.xq = xq;
-            c.xq_ld = xq_ld;
-            if (c.pairs) {
-                gemv_quant_pairs(&c, xr, xq);
-            } else {
-                for (int64_t m = 0; m < c.M; m++)
-                    for (int64_t k = 0; k < c.K; k++)
-                        ((float *)xq)[m * xq_ld + k] = round_bf16(xr[m][k]);
-            }
-        }
-        pool_run(pool, (c.N + MM_GEMV_ROWS - 1) / MM_GEMV_ROWS, gemv_task, &c);
-        return;
-    }
     gemm_grid(&c, pool_threads(pool));
     pool_run(pool, c.tn * c.tm, gemm_task, &c);
 }

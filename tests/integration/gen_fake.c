@@ -42,20 +42,31 @@ static int fake_run(void *ctx, struct job *job)
     return ERR_OK;
 }
 
-int gen_open(struct gen **out, const struct config *cfg, struct err_msg *em)
+int gen_open(struct gen **out, const struct config *cfg, struct metrics *metrics,
+             struct err_msg *em)
 {
     (void)cfg;
+    (void)metrics;
     (void)em;
     struct gen *g = xcalloc(1, sizeof *g);
     struct fake *f = xcalloc(1, sizeof *f);
     const char *ms = getenv("RALUD_FAKE_STEP_MS");
     f->step_ms = ms ? atol(ms) : 50;
     g->backend = "fake";
+    g->ralu = g->cache = true; /* the fake accepts every valid request */
     g->run = fake_run;
     g->run_ctx = f;
     g->impl = f;
     LOG_WARN("FAKE generation back end (tests only): step_ms=%ld", f->step_ms);
     *out = g;
+    return ERR_OK;
+}
+
+int gen_load(struct gen *g, const atomic_bool *cancel, struct err_msg *em)
+{
+    (void)g;
+    (void)cancel;
+    (void)em;
     return ERR_OK;
 }
 

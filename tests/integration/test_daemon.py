@@ -4,8 +4,10 @@
 Starts the real executables on 127.0.0.1 port 0 (the daemon prints
 "listening on 127.0.0.1:PORT" on stdout) and talks HTTP to them:
 
-  ralud          this build's daemon: no generation back end, so valid
-                 /generate requests must get an honest 503.
+  ralud          the daemon with the real pipeline. Without --model, valid
+                 /generate requests must get an honest 503; with the tiny
+                 test models (tests/data/vectors/models/tiny-flux, tiny-sd3)
+                 it must load, warm up, then generate real PNGs.
   ralud_fakegen  the same daemon linked with tests/integration/gen_fake.c, to
                  exercise the queue, workers, suspend/resume and drain.
 
@@ -13,13 +15,16 @@ Python 3 standard library only. Exit status 0 when every check passes.
 """
 
 import argparse
+import base64
 import http.client
 import json
 import os
 import re
+import struct
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -47,6 +52,16 @@ class Daemon:
             raise AssertionError("expected 'listening on 127.0.0.1:PORT', got %r; stderr:\n%s"
                                  % (line, "".join(self.stderr_lines)))
         self.port = int(m.group(1))
+
+    def await_ready(self, timeout=10.0):
+        """Poll /readyz until 200 (the back end loads on a thread after listening)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.request("GET", "/readyz")[0] == 200:
+                return self
+            time.sleep(0.01)
+        self.kill()
+        raise AssertionError("/readyz never became 200")
 
     def _drain_stderr(self):
         for line in self.proc.stderr:
@@ -179,7 +194,9 @@ def check_metrics_format(d):
     types, samples = parse_metrics(data.decode())
     want = {"ralud_build_info": "gauge", "ralud_requests_total": "counter",
             "ralud_request_duration_seconds": "histogram", "ralud_queue_depth": "gauge",
-            "ralud_inflight_jobs": "gauge"}
+            "ralud_inflight_jobs": "gauge", "ralud_queue_time_seconds": "histogram",
+            "ralud_jobs_total": "counter", "ralud_stage_duration_seconds": "histogram",
+            "ralud_step_duration_seconds": "histogram", "ralud_images_total": "counter"}
     for name, typ in want.items():
         expect(types.get(name) == typ, "family", name, typ, types.get(name))
     info = [s for s in samples if s[0] == "ralud_build_info"]
@@ -242,6 +259,9 @@ BAD_BODIES = [
     ("cache method", {"prompt": "p", "cache": {"method": "magic"}}, "cache.method"),
     ("cache param", {"prompt": "p", "cache": {"method": "fbcache", "params": {"x": 1}}},
      "cache.params.x"),
+    ("response_format value", {"prompt": "p", "response_format": "jpeg"}, "response_format"),
+    ("response_format png with n 2", {"prompt": "p", "n": 2, "response_format": "png"},
+     "response_format"),
 ]
 
 
@@ -258,13 +278,23 @@ def check_400_names_the_field(d):
 
 def check_valid_generate_is_honest_503(d):
     body = {"prompt": "a lighthouse at dusk", "width": 512, "height": 768, "steps": 20,
-            "n": 1, "seed": 42, "guidance": 3.5, "negative_prompt": "blurry",
-            "ralu": {"N": [2, 3, 5], "e": [0.2, 0.3], "r": 0.2},
-            "cache": {"method": "teacache", "params": {"rel_l1_thresh": 0.4}}}
+            "n": 1, "seed": 42, "guidance": 3.5, "negative_prompt": "blurry", "ralu": "off",
+            "response_format": "json"}
     for path in ("/generate", "/v1/generate"):
         status, _, doc = d.json("POST", path, body=body)
         expect_error(status, doc, 503, "unavailable")
         expect("no model loaded" in doc["error"]["message"], "honest message", doc)
+
+
+def check_ralu_and_cache_are_honest_422(d):
+    """Valid RALU / cache requests: not wired yet, so 422 naming the field."""
+    for body, field in [({"prompt": "p", "ralu": "flux-4x"}, "ralu"),
+                        ({"prompt": "p", "ralu": {"N": [2, 3, 5], "e": [0.2, 0.3], "r": 0.2}},
+                         "ralu"),
+                        ({"prompt": "p", "cache": {"method": "teacache",
+                                                   "params": {"rel_l1_thresh": 0.4}}}, "cache")]:
+        status, _, doc = d.json("POST", "/generate", body=body)
+        expect_error(status, doc, 422, "unsupported", field)
 
 
 def check_413(exe):
@@ -322,7 +352,7 @@ def check_check_config(exe):
 # ---- checks against ralud_fakegen (real queue and workers, fake generation) ----
 
 def check_fake_generate_roundtrip(exe):
-    d = Daemon(exe, env={"RALUD_FAKE_STEP_MS": "1"})
+    d = Daemon(exe, env={"RALUD_FAKE_STEP_MS": "1"}).await_ready()
     try:
         status, _, doc = d.json("GET", "/readyz")
         expect(status == 200 and doc == {"status": "ready"}, "/readyz with a back end", doc)
@@ -360,7 +390,7 @@ def wait_metric(d, name, want, timeout=5.0):
 
 def check_fake_queue_full_gets_503_retry_after(exe):
     d = Daemon(exe, "--workers", "1", "--queue-depth", "1", "--retry-after-s", "7",
-               env={"RALUD_FAKE_STEP_MS": "50"})
+               env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
     try:
         results = {}
         t1 = post_in_thread(d, {"prompt": "p", "steps": 20}, results, "running")
@@ -381,7 +411,8 @@ def check_fake_queue_full_gets_503_retry_after(exe):
 
 
 def check_fake_sigterm_drains_inflight_job(exe):
-    d = Daemon(exe, "--drain-timeout-s", "20", env={"RALUD_FAKE_STEP_MS": "50"})
+    d = Daemon(exe, "--drain-timeout-s", "20",
+               env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
     try:
         results = {}
         t = post_in_thread(d, {"prompt": "p", "steps": 20}, results, "job")
@@ -406,7 +437,8 @@ def check_fake_sigterm_drains_inflight_job(exe):
 
 
 def check_fake_drain_timeout_cancels(exe):
-    d = Daemon(exe, "--drain-timeout-s", "0", env={"RALUD_FAKE_STEP_MS": "100"})
+    d = Daemon(exe, "--drain-timeout-s", "0",
+               env={"RALUD_FAKE_STEP_MS": "100"}).await_ready()
     try:
         results = {}
         t = post_in_thread(d, {"prompt": "p", "steps": 100}, results, "job")
@@ -423,7 +455,8 @@ def check_fake_drain_timeout_cancels(exe):
 
 def check_fake_long_job_outlives_idle_timeout(exe):
     # A suspended request must not be closed by the idle timeout while its job runs.
-    d = Daemon(exe, "--idle-timeout-s", "1", env={"RALUD_FAKE_STEP_MS": "50"})
+    d = Daemon(exe, "--idle-timeout-s", "1",
+               env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
     try:
         status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "steps": 30})
         expect(status == 200 and doc.get("steps") == 30, "1.5 s job with 1 s idle timeout",
@@ -434,7 +467,8 @@ def check_fake_long_job_outlives_idle_timeout(exe):
 
 
 def check_fake_second_signal_cancels(exe):
-    d = Daemon(exe, "--drain-timeout-s", "30", env={"RALUD_FAKE_STEP_MS": "100"})
+    d = Daemon(exe, "--drain-timeout-s", "30",
+               env={"RALUD_FAKE_STEP_MS": "100"}).await_ready()
     try:
         results = {}
         t = post_in_thread(d, {"prompt": "p", "steps": 100}, results, "job")
@@ -452,24 +486,297 @@ def check_fake_second_signal_cancels(exe):
         d.kill()
 
 
+# ---- checks against ralud with the tiny test models (real pipeline) ----
+
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+SEED_MAX = 2 ** 53 - 1
+TIMING_KEYS = {"queue_ms", "tokenize_ms", "encode_ms", "denoise_ms", "step_ms", "vae_ms",
+               "png_ms", "total_ms"}
+RESPONSE_KEYS = {"request_id", "seed", "width", "height", "images", "timings", "nfe", "flops",
+                 "cache_hits"}
+STAGES = ("tokenize", "encode", "denoise", "vae", "png")
+
+
+def png_info(data):
+    """Checks the PNG structure; returns (width, height, {tEXt key: value})."""
+    expect(data[:8] == PNG_SIG, "PNG signature", data[:8])
+    pos, size, text, types = 8, None, {}, []
+    while pos < len(data):
+        expect(pos + 8 <= len(data), "truncated chunk header at", pos)
+        n, typ = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        expect(len(body) == n and pos + 12 + n <= len(data), "truncated chunk", typ)
+        types.append(typ)
+        if typ == b"IHDR":
+            w, h, depth, color = struct.unpack(">IIBB", body[:10])
+            expect(depth == 8 and color == 2, "8-bit RGB", depth, color)
+            size = (w, h)
+        elif typ == b"tEXt":
+            k, v = body.split(b"\0", 1)
+            text[k.decode("latin-1")] = v.decode("latin-1")
+        pos += 12 + n
+    expect(types[0] == b"IHDR" and types[-1] == b"IEND", "chunk order", types)
+    return size[0], size[1], text
+
+
+def wait_ready(d, timeout=30.0):
+    """/readyz must say 503 "loading" first (weights + warm-up), then 200."""
+    status, _, doc = d.json("GET", "/readyz")
+    expect(status == 503 and doc == {"status": "loading"}, "first /readyz is loading", status, doc)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, _, doc = d.json("GET", "/readyz")
+        if status == 200:
+            expect(doc == {"status": "ready"}, "/readyz body", doc)
+            log = "".join(d.stderr_lines)
+            expect("warm-up worker 0" in log, "ready only after the warm-up", log[-2000:])
+            return
+        expect(status == 503 and doc == {"status": "loading"}, "/readyz while loading", doc)
+        time.sleep(0.02)
+    raise AssertionError("/readyz never became 200; stderr:\n" + "".join(d.stderr_lines[-20:]))
+
+
+def gen_png(d, body, headers=None):
+    hdrs = {"Accept": "image/png"}
+    hdrs.update(headers or {})
+    status, h, data = d.request("POST", "/generate", body=body, headers=hdrs)
+    expect(status == 200, "PNG status", status, data[:300])
+    expect(h.get("content-type") == "image/png", "content type", h)
+    return h, data
+
+
+def check_model_png(d, fam):
+    body = {"prompt": "a red circle", "width": 128, "height": 128, "steps": 4, "seed": 42}
+    h, png = gen_png(d, body, {"X-Request-Id": "png-1"})
+    w, ht, text = png_info(png)
+    expect((w, ht) == (128, 128), "IHDR size", w, ht)
+    expect(h.get("x-request-id") == "png-1", "X-Request-Id", h)
+    expect(h.get("x-ralud-seed") == "42", "X-Ralud-Seed", h)
+    timing = h.get("server-timing", "")
+    for stage in STAGES + ("queue", "total"):
+        expect(re.search(r"(^|, )%s;dur=[0-9.]+(,|$)" % stage, timing), "Server-Timing", stage,
+               timing)
+    expect(set(text) == {"prompt", "seed", "steps", "guidance", "size", "model", "software"},
+           "tEXt keys (parameters, never timings)", text)
+    expect(text["prompt"] == "a red circle" and text["seed"] == "42" and text["steps"] == "4"
+           and text["size"] == "128x128" and text["model"] == "tiny-" + fam, "tEXt values", text)
+    # Same seed, same bytes: again through Accept, and through response_format.
+    _, png2 = gen_png(d, body)
+    expect(png2 == png, "same seed gives byte-identical PNGs")
+    status, h3, png3 = d.request("POST", "/generate", body=dict(body, response_format="png"))
+    expect(status == 200 and h3.get("content-type") == "image/png" and png3 == png,
+           "response_format png is the same PNG", status, h3)
+    # Another seed, another image.
+    _, png4 = gen_png(d, dict(body, seed=43))
+    expect(png4 != png, "different seeds give different images")
+    return png
+
+
+def check_model_json(d, fam, png42):
+    n_enc = 2 if fam == "flux" else 3
+    body = {"prompt": "a red circle", "width": 128, "height": 128, "steps": 4, "seed": 42}
+    # The first of image/png and application/json in Accept wins; JSON by default.
+    status, h, data = d.request("POST", "/generate", body=body,
+                                headers={"Accept": "image/png;q=0.9, application/json"})
+    expect(status == 200 and h.get("content-type") == "image/png" and data == png42,
+           "Accept: image/png first", status, h)
+    status, h, doc = d.json("POST", "/v1/generate", body=body,
+                            headers={"X-Request-Id": "json-1",
+                                     "Accept": "application/json, image/png"})
+    expect(status == 200 and h.get("content-type") == "application/json", "JSON", status, h)
+    expect(set(doc) == RESPONSE_KEYS, "response keys", sorted(doc))
+    expect(doc["request_id"] == "json-1" and doc["seed"] == 42 and doc["width"] == 128 and
+           doc["height"] == 128, "echoed fields", doc)
+    expect(len(doc["images"]) == 1, "one image", len(doc["images"]))
+    expect(base64.b64decode(doc["images"][0], validate=True) == png42,
+           "JSON image is the same PNG as the image/png answer")
+    t = doc["timings"]
+    expect(set(t) == TIMING_KEYS, "timing keys", sorted(t))
+    expect(len(t["encode_ms"]) == n_enc and len(t["step_ms"]) == 4, "timing arrays", t)
+    nums = [t[k] for k in TIMING_KEYS - {"encode_ms", "step_ms"}] + t["encode_ms"] + t["step_ms"]
+    expect(all(isinstance(x, (int, float)) and x >= 0 for x in nums), "timings >= 0", t)
+    expect(t["denoise_ms"] > 0 and t["total_ms"] >= t["denoise_ms"], "timing sums", t)
+    cfg = 1 if fam == "flux" else 2  # SD3 runs CFG (guidance 7 > 1): two forwards per step
+    expect(doc["nfe"] == 4 * cfg and doc["flops"] > 0 and doc["cache_hits"] == 0, "nfe/flops",
+           doc["nfe"], doc["flops"], doc["cache_hits"])
+    # n = 2: two different images, seeds seed and seed + 1.
+    status, _, doc = d.json("POST", "/generate", body=dict(body, n=2, seed=SEED_MAX - 1))
+    expect(status == 200 and len(doc["images"]) == 2 and doc["seed"] == SEED_MAX - 1, "n=2", doc)
+    imgs = [base64.b64decode(x) for x in doc["images"]]
+    infos = [png_info(x) for x in imgs]
+    expect(imgs[0] != imgs[1] and [i[2]["seed"] for i in infos] ==
+           [str(SEED_MAX - 1), str(SEED_MAX)], "per-image seeds", [i[2] for i in infos])
+    # No seed: a random one in [0, 2^53-1], returned, and different next time.
+    seeds = []
+    for _ in range(2):
+        status, h, doc = d.json("POST", "/generate", body={"prompt": "p", "width": 64,
+                                                           "height": 64, "steps": 1})
+        expect(status == 200 and isinstance(doc["seed"], int) and 0 <= doc["seed"] <= SEED_MAX,
+               "random seed", doc.get("seed"))
+        expect(h.get("x-ralud-seed") == str(doc["seed"]), "X-Ralud-Seed", h)
+        seeds.append(doc["seed"])
+    expect(seeds[0] != seeds[1], "random seeds differ", seeds)
+
+
+def check_model_ralu_off_is_served(d):
+    status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "ralu": "off",
+                                                       "width": 64, "height": 64, "steps": 1})
+    expect(status == 200 and len(doc["images"]) == 1, "ralu off", status, doc)
+
+
+def samples_of(d, name):
+    _, samples = parse_metrics(d.request("GET", "/metrics")[2].decode())
+    return [s for s in samples if s[0] == name]
+
+
+def check_model_burst_of_8(d):
+    done_before = sum(s[2] for s in samples_of(d, "ralud_jobs_total")
+                      if s[1].get("result") == "done")
+    results = {}
+    threads = [post_in_thread(d, {"prompt": "burst %d" % i, "width": 64, "height": 64,
+                                  "steps": 2, "seed": 1000 + i}, results, i) for i in range(8)]
+    for t in threads:
+        t.join(60)
+    expect(sorted(results) == list(range(8)), "every client answered", sorted(results))
+    for i in range(8):
+        r = results[i]
+        expect(isinstance(r, tuple) and r[0] == 200 and r[2]["seed"] == 1000 + i,
+               "client %d got its own answer" % i, r if not isinstance(r, tuple) else r[:2])
+    ids = {results[i][2]["request_id"] for i in range(8)}
+    expect(len(ids) == 8, "8 distinct request ids", ids)
+    done_after = sum(s[2] for s in samples_of(d, "ralud_jobs_total")
+                     if s[1].get("result") == "done")
+    expect(done_after - done_before == 8, "exactly 8 jobs ran", done_before, done_after)
+
+
+def check_model_metrics(d):
+    stages = {s[1]["stage"]: s[2] for s in samples_of(d, "ralud_stage_duration_seconds_count")}
+    expect(set(stages) == set(STAGES) and min(stages.values()) >= 1, "stage histograms", stages)
+    steps = samples_of(d, "ralud_step_duration_seconds_count")
+    expect(len(steps) == 1 and steps[0][2] >= 4, "step histogram", steps)
+    queue = samples_of(d, "ralud_queue_time_seconds_count")
+    expect(len(queue) == 1 and queue[0][2] >= 1, "queue time histogram", queue)
+    images = samples_of(d, "ralud_images_total")
+    expect(len(images) == 1 and images[0][2] >= 1, "images counter", images)
+    ok = [s for s in samples_of(d, "ralud_requests_total") if s[1].get("status") == "200"]
+    expect(ok and ok[0][2] >= 1, "200s counted", ok)
+
+
+def check_model_sigterm_drains(d):
+    results = {}
+    t = post_in_thread(d, {"prompt": "p", "width": 128, "height": 128, "steps": 30},
+                       results, "job")
+    wait_metric(d, "ralud_inflight_jobs", 1.0)
+    d.proc.send_signal(signal.SIGTERM)
+    rc = d.proc.wait(20)
+    t.join(10)
+    expect(rc == 0, "exit status after drain", rc)
+    r = results.get("job")
+    expect(isinstance(r, tuple) and r[0] == 200 and len(r[2]["images"]) == 1,
+           "in-flight job finished during drain", r if not isinstance(r, tuple) else r[:2])
+
+
+def check_model_drain_timeout_cancels_mid_denoise(exe, models):
+    d = Daemon(exe, "--model", os.path.join(models, "tiny-flux"), "--drain-timeout-s", "0")
+    try:
+        d.await_ready(30)
+        results = {}
+        t = post_in_thread(d, {"prompt": "p", "width": 256, "height": 256, "steps": 100},
+                           results, "job")
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        rc = d.stop()
+        t.join(10)
+        expect(rc == 0, "exit status after cancelling", rc)
+        r = results.get("job")
+        expect(isinstance(r, tuple), "client got an answer", r)
+        expect_error(r[0], r[2], 503, "cancelled")
+        m = re.search(r"cancelled after (\d+) of 100 steps", r[2]["error"]["message"])
+        expect(m and int(m.group(1)) < 100, "stopped between denoising steps", r[2])
+    finally:
+        d.kill()
+
+
+def run_model_suite(run, exe, models, fam, extra):
+    """One daemon on models/tiny-<fam>; every check against it, then SIGTERM."""
+    box = {}
+
+    def start():
+        box["d"] = Daemon(exe, "--model", os.path.join(models, "tiny-" + fam), *extra)
+
+    if not run("start_ralud_tiny_" + fam, start):
+        return
+    d = box["d"]
+    failed_before = run.failures()
+    try:
+        run(fam + "_readyz_503_until_warm", wait_ready, d)
+        got = {}
+        run(fam + "_png_valid_and_deterministic",
+            lambda: got.update(png=check_model_png(d, fam)))
+        if "png" in got:
+            run(fam + "_json_base64_timings_seed", check_model_json, d, fam, got["png"])
+        if fam == "flux":
+            run(fam + "_400_names_the_field", check_400_names_the_field, d)
+            run(fam + "_ralu_and_cache_422", check_ralu_and_cache_are_honest_422, d)
+            run(fam + "_ralu_off_is_served", check_model_ralu_off_is_served, d)
+            run(fam + "_burst_of_8_answered_once", check_model_burst_of_8, d)
+            run(fam + "_metrics", check_model_metrics, d)
+        run(fam + "_sigterm_drains_exits_0", check_model_sigterm_drains, d)
+    finally:
+        d.kill()
+        if run.failures() != failed_before:
+            sys.stdout.write("---- ralud tiny-%s stderr ----\n%s" % (fam, "".join(
+                d.stderr_lines[-40:])))
+
+
+def check_model_that_fails_to_load_exits_1(exe, models):
+    """Listening first, then the load fails (no transformer): drain and exit 1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.abspath(os.path.join(models, "tiny-flux"))
+        for name in os.listdir(src):
+            if name != "transformer":
+                os.symlink(os.path.join(src, name), os.path.join(tmp, name))
+        d = Daemon(exe, "--model", tmp)
+        try:
+            rc = d.proc.wait(20)
+            log = "".join(d.stderr_lines)
+            expect(rc == 1, "exit status", rc, log[-1000:])
+            expect("cannot load the model" in log and "transformer" in log, "says why",
+                   log[-1000:])
+        finally:
+            d.kill()
+
+
+def check_bad_model_fails_fast(exe):
+    r = subprocess.run([exe, "--host", "127.0.0.1", "--port", "0", "--model", "/nonexistent"],
+                       capture_output=True, text=True, timeout=10)
+    expect(r.returncode == 1 and "model_index.json" in r.stderr, "bad --model exits 1",
+           r.returncode, r.stderr[-500:])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ralud", required=True)
     ap.add_argument("--fake", required=True)
+    ap.add_argument("--models", required=True, help="tests/data/vectors/models")
     args = ap.parse_args()
 
     failures = 0
     d = None
+    t_all = time.time()
 
     def run(name, fn, *a):
         nonlocal failures
         t0 = time.time()
         try:
             fn(*a)
-            print("ok    %-45s %.2fs" % (name, time.time() - t0))
+            print("ok    %-45s %.2fs" % (name, time.time() - t0), flush=True)
+            return True
         except Exception:
             failures += 1
-            print("FAIL  %s\n%s" % (name, traceback.format_exc()))
+            print("FAIL  %s\n%s" % (name, traceback.format_exc()), flush=True)
+            return False
+
+    run.failures = lambda: failures
 
     try:
         d = Daemon(args.ralud)
@@ -478,6 +785,7 @@ def main():
                          ("metrics_format", check_metrics_format),
                          ("404_405", check_404_405),
                          ("400_names_the_field", check_400_names_the_field),
+                         ("ralu_and_cache_are_honest_422", check_ralu_and_cache_are_honest_422),
                          ("valid_generate_is_honest_503", check_valid_generate_is_honest_503)]:
             run(name, fn, d)
         run("sigterm_exits_0", lambda: expect(d.stop() == 0, "exit status", d.proc.returncode))
@@ -501,7 +809,15 @@ def main():
         args.fake)
     run("fake_second_signal_cancels", check_fake_second_signal_cancels, args.fake)
 
-    print("%d failure(s)" % failures)
+    run("bad_model_fails_fast", check_bad_model_fails_fast, args.ralud)
+    run("model_that_fails_to_load_exits_1", check_model_that_fails_to_load_exits_1, args.ralud,
+        args.models)
+    run_model_suite(run, args.ralud, args.models, "flux", ["--workers", "2", "--threads", "1"])
+    run_model_suite(run, args.ralud, args.models, "sd3", ["--threads", "2"])
+    run("flux_drain_timeout_cancels_mid_denoise", check_model_drain_timeout_cancels_mid_denoise,
+        args.ralud, args.models)
+
+    print("%d failure(s) in %.1fs" % (failures, time.time() - t_all))
     return 1 if failures else 0
 
 

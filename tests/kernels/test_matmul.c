@@ -1,7 +1,8 @@
 /* tests/kernels/test_matmul.c - op_matmul on the CPU backend against a double
  * reference, for every weight dtype, both matmul modes, both code paths
- * (GEMV for M <= 16, packed GEMM above), odd shapes, strided views, and
- * thread-count independence.
+ * (skinny kernels for M <= 16, packed GEMM above), odd shapes, strided
+ * views, thread-count independence, and rows whose bits do not depend on
+ * the other rows of the call.
  *
  * The reference uses the exact widened weight values (dtype_load_f32) and,
  * in MATMUL_BF16 mode, x and w rounded to bf16 exactly as the kernel rounds
@@ -227,7 +228,7 @@ static const enum dtype k_dtypes[] = {DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_F8
                                       DTYPE_F8_E5M2};
 #define N_DTYPES ((int)(sizeof k_dtypes / sizeof k_dtypes[0]))
 
-/* Odd shapes around every block edge: M around the GEMV cut (16) and the
+/* Odd shapes around every block edge: M around the small-M cut (16) and the
  * GEMM's MR (14), N around the 16/32-column panels, K around the 16-unit
  * packing step and the K block (512 fp32 values, 1024 bf16 values). */
 static const int64_t k_shapes[][3] = {
@@ -369,7 +370,7 @@ END_TEST
 /* y[n] = 1 * w[n, 0] over every code of the narrow dtypes: the widening is
  * exact (in bf16 mode: exact after rounding to bf16, except that fp32
  * subnormals may flush to zero), and NaN and inf propagate. Both paths:
- * M = 1 (GEMV) and M = 20 (GEMM). */
+ * M = 1 (skinny) and M = 20 (GEMM). */
 START_TEST(matmul_widens_every_code_exactly)
 {
     static const enum dtype dts[] = {DTYPE_F8_E4M3, DTYPE_F8_E5M2, DTYPE_F16, DTYPE_BF16};
@@ -482,6 +483,91 @@ START_TEST(matmul_is_bitwise_independent_of_thread_count)
 }
 END_TEST
 
+/* A row's result depends on that row alone: not on how many rows share the
+ * call (the small-M kernels, the packed GEMM), nor on where the row sits
+ * among them, nor on strides and alignment. 40 rows in one call (a 3-D x
+ * with a batch gap, a column block of y) against the same rows copied into
+ * calls of 1 to 17 rows at several offsets, on other strides: memcmp
+ * equality per row, for both modes, every weight dtype, N and K around the
+ * blocking edges (K over several K blocks, odd K), on every ISA. */
+START_TEST(test_matmul_row_result_independent_of_row_count_and_position)
+{
+    static const int64_t nk[][2] = {{1, 1},     {33, 17},   {77, 1030},
+                                    {45, 2051}, {130, 513}, {20, 1100}};
+    static const int64_t sizes[] = {1, 2, 3, 4, 5, 8, 11, 16, 17};
+    static const char *const isas[] = {NULL, "avx512", "generic"};
+    const int64_t B = 2, L = 20, M = B * L, LW = L + 3;
+    for (int is = 0; is < 3; is++) {
+        if (isas[is])
+            setenv("RALUD_MATMUL_ISA", isas[is], 1);
+        for (int mode = 0; mode < 2; mode++) {
+            struct backend *be = g_be[mode];
+            for (int d = 0; d < N_DTYPES; d++) {
+                for (int s = 0; s < (int)(sizeof nk / sizeof nk[0]); s++) {
+                    int64_t N = nk[s][0], K = nk[s][1], KW = K + 5, NW = N + 7;
+                    float *xb = malloc((size_t)(B * LW * KW) * sizeof *xb);
+                    for (int64_t i = 0; i < B * LW * KW; i++)
+                        xb[i] = urand(-1.0, 1.0);
+                    struct tensor xt = tensor_3d(xb + 2, DTYPE_F32, B, L, K);
+                    xt.nb[1] = KW;
+                    xt.nb[0] = LW * KW;
+                    /* a row of zeros (sums of +-0) and one of tiny values
+                     * (subnormal products) */
+                    for (int64_t k = 0; k < K; k++) {
+                        ((float *)tensor_row_ptr(&xt, 7))[k] = 0.0f;
+                        ((float *)tensor_row_ptr(&xt, 30))[k] = urand(-1e-30, 1e-30);
+                    }
+                    void *wd = weights_new(k_dtypes[d], N, K);
+                    struct tensor wt = tensor_2d(wd, k_dtypes[d], N, K);
+                    wt.scale = k_dtypes[d] >= DTYPE_F8_E4M3 ? 0.37f : 1.0f;
+                    float *bias = malloc((size_t)N * sizeof *bias);
+                    for (int64_t n = 0; n < N; n++)
+                        bias[n] = urand(-1.0, 1.0);
+                    struct tensor bt = tensor_1d(bias, DTYPE_F32, N);
+                    float *yb = malloc((size_t)(M * NW) * sizeof *yb);
+                    struct tensor yt = tensor_2d(yb + 3, DTYPE_F32, M, N);
+                    yt.nb[0] = NW;
+                    op_matmul(be, &yt, &xt, &wt, s % 2 ? &bt : NULL);
+
+                    for (int z = 0; z < (int)(sizeof sizes / sizeof sizes[0]); z++) {
+                        int64_t m = sizes[z];
+                        const int64_t offs[] = {0, 5, 13, M - m};
+                        for (int o = 0; o < 4; o++) {
+                            int64_t r0 = offs[o], sk = K + 3, sn = N + 1;
+                            float *xs = malloc((size_t)(m * sk + 1) * sizeof *xs);
+                            float *ys = malloc((size_t)(m * sn + 1) * sizeof *ys);
+                            for (int64_t i = 0; i < m; i++)
+                                memcpy(xs + 1 + i * sk, tensor_row_ptr(&xt, r0 + i),
+                                       (size_t)K * sizeof *xs);
+                            struct tensor xst = tensor_2d(xs + 1, DTYPE_F32, m, K);
+                            struct tensor yst = tensor_2d(ys + 1, DTYPE_F32, m, N);
+                            xst.nb[0] = sk;
+                            yst.nb[0] = sn;
+                            op_matmul(be, &yst, &xst, &wt, s % 2 ? &bt : NULL);
+                            for (int64_t i = 0; i < m; i++)
+                                ck_assert_msg(memcmp(ys + 1 + i * sn, yb + 3 + (r0 + i) * NW,
+                                                     (size_t)N * sizeof *ys) == 0,
+                                              "isa %s mode %d w=%s N=%lld K=%lld: row %lld "
+                                              "differs in a call of %lld rows from %lld",
+                                              isas[is] ? isas[is] : "native", mode,
+                                              dtype_name(k_dtypes[d]), (long long)N, (long long)K,
+                                              (long long)(r0 + i), (long long)m, (long long)r0);
+                            free(xs);
+                            free(ys);
+                        }
+                    }
+                    free(yb);
+                    free(bias);
+                    free(wd);
+                    free(xb);
+                }
+            }
+        }
+        unsetenv("RALUD_MATMUL_ISA");
+    }
+}
+END_TEST
+
 static Suite *matmul_suite(void)
 {
     Suite *s = suite_create("matmul");
@@ -496,6 +582,7 @@ static Suite *matmul_suite(void)
     tcase_add_test(tc, matmul_long_positive_sums_stay_within_fp32_bound);
     tcase_add_test(tc, matmul_widens_every_code_exactly);
     tcase_add_test(tc, matmul_is_bitwise_independent_of_thread_count);
+    tcase_add_test(tc, test_matmul_row_result_independent_of_row_count_and_position);
     suite_add_tcase(s, tc);
     return s;
 }

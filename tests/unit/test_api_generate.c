@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h> // for: strcasecmp
 #include <time.h>
 
 static struct config cfg;
@@ -167,7 +168,28 @@ static const struct {
      "cache.params.rel_l1_thresh"},
     {"{\"prompt\":\"x\",\"cache\":{\"method\":\"taylorseer\",\"params\":{\"order\":1.5}}}",
      "cache.params.order"},
+    {"{\"prompt\":\"x\",\"response_format\":\"jpeg\"}", "response_format"},
+    {"{\"prompt\":\"x\",\"response_format\":1}", "response_format"},
+    {"{\"prompt\":\"x\",\"n\":2,\"response_format\":\"png\"}", "response_format"},
 };
+
+START_TEST(test_api_generate_parse_reads_response_format)
+{
+    struct api_gen_params p;
+    struct api_field_error e;
+
+    ck_assert_int_eq(parse("{\"prompt\":\"x\"}", &p, &e), ERR_OK);
+    ck_assert_int_eq(p.format, API_FORMAT_DEFAULT);
+    api_gen_params_fini(&p);
+    ck_assert_int_eq(parse("{\"prompt\":\"x\",\"response_format\":\"png\"}", &p, &e), ERR_OK);
+    ck_assert_int_eq(p.format, API_FORMAT_PNG);
+    api_gen_params_fini(&p);
+    ck_assert_int_eq(parse("{\"prompt\":\"x\",\"n\":3,\"response_format\":\"json\"}", &p, &e),
+                     ERR_OK);
+    ck_assert_int_eq(p.format, API_FORMAT_JSON);
+    api_gen_params_fini(&p);
+}
+END_TEST
 
 START_TEST(test_api_generate_parse_rejects_bad_body_naming_the_field)
 {
@@ -241,6 +263,43 @@ START_TEST(test_api_generate_handle_without_backend_is_honest_503)
     ck_assert_ptr_null(r.job);
     ck_assert_ptr_nonnull(strstr(r.body, "\"code\":\"unavailable\""));
     ck_assert_ptr_nonnull(strstr(r.body, "no model loaded"));
+    http_resp_fini(&r);
+    metrics_free(m);
+}
+END_TEST
+
+START_TEST(test_api_generate_handle_answers_422_for_ralu_and_cache_it_cannot_serve)
+{
+    struct metrics *m = metrics_new();
+    struct api_ctx api;
+    struct http_resp r;
+    static const struct {
+        const char *body, *field;
+    } cases[] = {
+        {"{\"prompt\":\"x\",\"ralu\":\"flux-4x\"}", "ralu"},
+        {"{\"prompt\":\"x\",\"ralu\":{\"N\":[2,3,5],\"e\":[0.2,0.3],\"r\":0.2}}", "ralu"},
+        {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\"}}", "cache"},
+    };
+    api_ctx_init(&api, &cfg, m, NULL, "none");
+    api_set_state(&api, API_READY);
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_req req = post(cases[i].body);
+        http_resp_init(&r);
+        ck_assert_int_eq(api_generate_handle(&api, &req, &r), ROUTE_DONE);
+        ck_assert_int_eq(r.status, 422);
+        json_t *j = body_json(&r);
+        json_t *err = json_object_get(j, "error");
+        ck_assert_str_eq(json_string_value(json_object_get(err, "code")), "unsupported");
+        ck_assert_str_eq(json_string_value(json_object_get(err, "field")), cases[i].field);
+        json_decref(j);
+        http_resp_fini(&r);
+    }
+    /* "off" is not RALU: it passes (and meets the missing back end). */
+    struct http_req off = post("{\"prompt\":\"x\",\"ralu\":\"off\"}");
+    http_resp_init(&r);
+    ck_assert_int_eq(api_generate_handle(&api, &off, &r), ROUTE_DONE);
+    ck_assert_int_eq(r.status, 503);
     http_resp_fini(&r);
     metrics_free(m);
 }
@@ -339,6 +398,70 @@ START_TEST(test_api_generate_handle_submits_job_then_503_when_queue_full)
 }
 END_TEST
 
+/* Headers from a fake Accept lookup. */
+static const char *accept_value;
+
+static const char *fake_header(void *ctx, const char *name)
+{
+    (void)ctx;
+    return strcasecmp(name, "Accept") == 0 ? accept_value : NULL;
+}
+
+static int copy_run(void *ctx, struct job *job)
+{
+    (void)ctx;
+    const struct api_gen_params *p = job->payload;
+    job->out_body = strdup(p->format == API_FORMAT_PNG ? "png" : "json");
+    job->out_len = strlen(job->out_body);
+    job->out_type = "text/plain";
+    job_add_header(job, "Server-Timing", "denoise;dur=%.1f", 12.5);
+    return ERR_OK;
+}
+
+START_TEST(test_api_generate_handle_picks_png_from_accept_and_passes_job_headers)
+{
+    static const struct {
+        const char *accept, *body, *want;
+    } cases[] = {
+        {NULL, "{\"prompt\":\"x\"}", "json"},
+        {"image/png", "{\"prompt\":\"x\"}", "png"},
+        {"IMAGE/PNG;q=0.5, application/json", "{\"prompt\":\"x\"}", "png"},
+        {"application/json, image/png", "{\"prompt\":\"x\"}", "json"},
+        {"*/*", "{\"prompt\":\"x\"}", "json"},
+        {"image/png", "{\"prompt\":\"x\",\"n\":2}", "json"},
+        {"image/png", "{\"prompt\":\"x\",\"response_format\":\"json\"}", "json"},
+        {NULL, "{\"prompt\":\"x\",\"response_format\":\"png\"}", "png"},
+    };
+    struct metrics *m = metrics_new();
+    struct workers *w = NULL;
+    struct api_ctx api;
+    struct workers_opts o = {.n_threads = 1, .capacity = 4, .run = copy_run};
+
+    ck_assert_int_eq(workers_new(&w, &o), ERR_OK);
+    api_ctx_init(&api, &cfg, m, w, "test");
+    api_set_state(&api, API_READY);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_req req = post(cases[i].body);
+        struct http_resp r;
+        accept_value = cases[i].accept;
+        req.header = fake_header;
+        http_resp_init(&r);
+        ck_assert_int_eq(api_generate_handle(&api, &req, &r), ROUTE_PENDING);
+        struct job *done = wait_done(w);
+        ck_assert_ptr_eq(done, r.job);
+        r.finish(done, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_msg(strcmp(r.body, cases[i].want) == 0, "case %zu: %s, want %s", i, r.body,
+                      cases[i].want);
+        ck_assert_str_eq(http_resp_get_header(&r, "Server-Timing"), "denoise;dur=12.5");
+        job_free(done);
+        http_resp_fini(&r);
+    }
+    workers_free(w);
+    metrics_free(m);
+}
+END_TEST
+
 static Suite *api_generate_suite(void)
 {
     Suite *s = suite_create("api_generate");
@@ -349,11 +472,14 @@ static Suite *api_generate_suite(void)
     tcase_add_test(ok, test_api_generate_parse_fills_defaults);
     tcase_add_test(ok, test_api_generate_parse_accepts_every_field);
     tcase_add_test(ok, test_api_generate_parse_follows_configured_limits);
+    tcase_add_test(ok, test_api_generate_parse_reads_response_format);
     tcase_add_loop_test(err, test_api_generate_parse_rejects_bad_body_naming_the_field, 0,
                         (int)(sizeof bad / sizeof bad[0]));
     tcase_add_test(handle, test_api_generate_handle_answers_400_with_field);
     tcase_add_test(handle, test_api_generate_handle_without_backend_is_honest_503);
     tcase_add_test(handle, test_api_generate_handle_submits_job_then_503_when_queue_full);
+    tcase_add_test(handle, test_api_generate_handle_answers_422_for_ralu_and_cache_it_cannot_serve);
+    tcase_add_test(handle, test_api_generate_handle_picks_png_from_accept_and_passes_job_headers);
     TCase *all[] = {ok, err, handle};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         tcase_add_checked_fixture(all[i], setup, teardown);

@@ -2,6 +2,7 @@
 #include "server/api.h"
 
 #include "server/http.h"
+#include "server/job.h"
 #include "server/metrics.h"
 #include "server/routes.h"
 #include "tests/check_main.h"
@@ -100,6 +101,36 @@ START_TEST(test_api_metrics_exposes_the_documented_families)
 }
 END_TEST
 
+START_TEST(test_api_observe_job_counts_queue_time_and_result)
+{
+    struct job *ran = job_new(1, NULL, NULL), *never = job_new(2, NULL, NULL);
+    struct http_resp r;
+
+    ran->t_submit = 10.0;
+    ran->t_start = 10.25; /* waited 0.25 s */
+    atomic_store(&ran->state, JOB_DONE);
+    never->t_submit = 10.0; /* cancelled in the queue: no queue time */
+    atomic_store(&never->state, JOB_CANCELLED);
+    api_observe_job(&api, ran);
+    api_observe_job(&api, never);
+    call(api_metrics, &r);
+    const char *want[] = {
+        "# TYPE ralud_queue_time_seconds histogram\n",
+        "ralud_queue_time_seconds_bucket{le=\"0.1\"} 0\n",
+        "ralud_queue_time_seconds_bucket{le=\"0.25\"} 1\n",
+        "ralud_queue_time_seconds_count 1\n",
+        "# TYPE ralud_jobs_total counter\n",
+        "ralud_jobs_total{result=\"done\"} 1\n",
+        "ralud_jobs_total{result=\"cancelled\"} 1\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_msg(strstr(r.body, want[i]), "missing %s in\n%s", want[i], r.body);
+    http_resp_fini(&r);
+    job_free(ran);
+    job_free(never);
+}
+END_TEST
+
 static Suite *api_health_suite(void)
 {
     Suite *s = suite_create("api_health");
@@ -109,6 +140,7 @@ static Suite *api_health_suite(void)
     tcase_add_test(tc, test_api_healthz_answers_ok);
     tcase_add_test(tc, test_api_readyz_is_503_until_ready);
     tcase_add_test(tc, test_api_metrics_exposes_the_documented_families);
+    tcase_add_test(tc, test_api_observe_job_counts_queue_time_and_result);
     tcase_set_timeout(tc, 10);
     suite_add_tcase(s, tc);
     return s;

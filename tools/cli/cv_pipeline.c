@@ -92,8 +92,12 @@ static void on_probe(void *ctx, struct backend *be, const char *name, int idx,
         return;
     }
     int64_t rows = tensor_rows(&dev), cols = tensor_cols(&dev);
-    for (int64_t i = 0; i < rows && !pc->rc; i++)
-        pc->rc = op_download(be, host + i * cols, tensor_row_ptr(&dev, i), sizeof(float) * cols);
+    if (tensor_is_contiguous(&dev))
+        pc->rc = op_download(be, host, dev.data, sizeof(float) * (size_t)want);
+    else /* views (one row of a batch) are copied out row by row */
+        for (int64_t i = 0; i < rows && !pc->rc; i++)
+            pc->rc = op_download(be, host + i * cols, tensor_row_ptr(&dev, i),
+                                 sizeof(float) * cols);
     if (!pc->rc && dev.ndim == 4 && ref.ndim == 4 && dev.ne[3] == ref.ne[1] &&
         dev.ne[1] == ref.ne[2] && dev.ne[3] != dev.ne[1]) {
         /* the engine's images are NHWC, the reference's decoder output NCHW */
