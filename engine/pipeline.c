@@ -606,6 +606,9 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
                               sizeof(float) * (size_t)n * r->height * r->width * 3)))
             goto done;
     }
+    /* The work buffers belong to the VAE's backend state: free them first. */
+    vae_work_free(vw);
+    vw = NULL;
     if (!p->o.keep_loaded) {
         vae_free(p->vae);
         p->vae = NULL;

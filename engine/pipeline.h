@@ -23,7 +23,8 @@
 
 enum pipe_family { PIPE_SD3 = 0, PIPE_FLUX };
 
-struct ralu_params; /* engine/ralu_sched.h */
+struct ralu_params;  /* engine/ralu_sched.h */
+struct cache_params; /* engine/cache.h */
 
 struct pipeline_opts {
     int max_width, max_height; /* sizes the activation arenas (and the 400 limits) */
@@ -45,6 +46,7 @@ struct gen_request {
     const float *init_latents; /* NULL, or host noise in the reference layout
                                 * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
     const struct ralu_params *ralu; /* NULL: standard sampler; else RALU */
+    const struct cache_params *cache; /* NULL or CACHE_NONE: every step computed */
     /* Test injection of RALU's draws (n == 1): re-noising noise for the two
      * transitions in their token layouts and the raw tie-break normals;
      * NULL = drawn from the seed. */
@@ -75,6 +77,10 @@ struct gen_output {
     int nfe;        /* transformer forwards (a CFG pair counts 2) */
     double flops;   /* transformer FLOPs, from dit_flops */
     double vae_flops; /* VAE decodes (final, and RALU's edge decode) */
+    /* Feature caching, per stage (index 0 without RALU): denoise steps whose
+     * transformer was skipped or forecast, and steps fully computed. */
+    int cache_hits[3];
+    int cache_computed[3];
 };
 
 /* Called after each stage and denoise step; return nonzero to cancel. */
