@@ -117,6 +117,16 @@ int pipeline_plan(struct pipeline *p, const struct gen_request *r, char *buf, si
  * hold; ERR_CANCELLED when cancelled. out->rgb is malloc'd on success. */
 int pipeline_generate(struct pipeline *p, const struct gen_request *r, const struct gen_hooks *h,
                       struct gen_output *out, struct err_msg *em);
+/* Run nreq requests as one batched denoise. They share the batch key
+ * (width, height, steps, guidance, true_cfg, ralu, cache, the pipeline's
+ * max_sequence_length); each keeps its own prompt, negative prompt, n and
+ * seed. outs[i] receives request i's images, bit-identical on the CPU to
+ * running request i alone with pipeline_generate. A request-specific error
+ * (e.g. a prompt the tokenizer rejects) fails the whole call naming the
+ * request index in em. */
+int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const *reqs, int nreq,
+                            const struct gen_hooks *h, struct gen_output *outs,
+                            struct err_msg *em);
 void gen_output_free(struct gen_output *o);
 
 #endif
