@@ -45,6 +45,32 @@ static bool component_present(const json_t *idx, const char *dir, const char *na
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* The family's T5 length (SD3 256, FLUX 512), capped by the T5 tokenizer's
+ * model_max_length when that is smaller: a model trained on short prompts
+ * (models/ralu-tiny: 32) says so there, and real checkpoints (512) keep the
+ * family default. The hint is optional; a config without it, or one jansson
+ * cannot read (HF writes 1e30 as an integer), leaves the default, and the
+ * tokenizer's own load reports a broken folder. */
+static int t5_default_length(const struct pipeline *p, int family_len)
+{
+    enum comp tok = p->fam == PIPE_SD3 ? C_TOK3 : C_TOK2;
+    char path[1200];
+    struct err_msg ignored;
+    json_t *cfg = NULL;
+    int len = family_len;
+
+    if (!p->has[tok])
+        return len;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", p->comp[tok]);
+    if (ju_load(&cfg, path, &ignored) != ERR_OK)
+        return len;
+    json_t *m = json_object_get(cfg, "model_max_length");
+    if (json_is_integer(m) && json_integer_value(m) > 0 && json_integer_value(m) < family_len)
+        len = (int)json_integer_value(m);
+    json_decref(cfg);
+    return len;
+}
+
 int pipeline_open(struct pipeline **out, struct backend *be, const char *model_dir,
                   const struct pipeline_opts *o, struct err_msg *em)
 {
@@ -115,7 +141,7 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
         goto fail;
     }
     p->max_seq = o->max_sequence_length > 0 ? o->max_sequence_length
-                                            : (p->fam == PIPE_SD3 ? 256 : 512);
+                                            : t5_default_length(p, p->fam == PIPE_SD3 ? 256 : 512);
     json_decref(idx);
     *out = p;
     return ERR_OK;

@@ -29,7 +29,8 @@ struct cache_params; /* engine/cache.h */
 struct pipeline_opts {
     int max_width, max_height; /* sizes the activation arenas (and the 400 limits) */
     int max_batch;             /* images per request */
-    int max_sequence_length;   /* T5 tokens; 0 = family default (SD3 256, FLUX 512) */
+    int max_sequence_length;   /* T5 tokens; 0 = family default (SD3 256, FLUX 512),
+                                  capped by the T5 tokenizer's model_max_length */
     bool keep_loaded;          /* daemon: keep every component mapped */
     bool no_t5;                /* SD3: skip T5, zeros instead (as the reference) */
     const char *vae_path;      /* NULL or another VAE folder / file */
