@@ -75,6 +75,13 @@ def main():
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump(case, f, indent=1)
         f.write("\n")
+    ip = os.path.join(a.vectors, "cases", "index_all.json")
+    if os.path.exists(ip):  # test_vectors runs exactly the cases the index lists
+        idx = json.load(open(ip))
+        if not any(c["name"] == a.name for c in idx["cases"]):
+            idx["cases"].append({"name": a.name, "kind": "flux_pipeline", "model": case["model"]})
+            with open(ip, "w") as f:
+                json.dump(idx, f, indent=1)
     print("wrote", d, "image mean", float(img.mean()))
 
 

@@ -130,7 +130,10 @@ def sample(rng, split="train", n=None):
 
 
 def heldout_scenes(count=60, seed=12345):
-    """Held-out set: count scenes (a third each of 1, 2 and 3 objects), distinct captions."""
+    """Held-out set: count scenes (a third each of 1, 2 and 3 objects), distinct captions.
+    Only 24 one-object captions are held out, so count is at most 72."""
+    if count > 72:
+        raise ValueError("at most 72 held-out scenes (24 one-object captions are held out)")
     rng, out, seen = random.Random(seed), [], set()
     while len(out) < count:
         s = sample(rng, "heldout", n=1 + len(out) % 3)
