@@ -16,9 +16,12 @@
  *    pipeline from a global RNG; the tie-break also comes from the seed;
  *  - ties at the top-K cut: higher (score + 1e-6 tie-break) first, then the
  *    lower token index (the reference leaves it to torch.topk);
- *  - SD3 (no reference code): positions are sin-cos table coordinates of the
+ *  - SD3 (no official code): positions are sin-cos table coordinates of the
  *    low-resolution crop in stages 1-2 (children at +0.5) and of the full
- *    crop in stage 3 (spec section 7); CFG pairs share one selection. */
+ *    crop in stage 3 (spec section 7); CFG pairs share one selection. The
+ *    sd3_ralu_pipeline golden cases check this path end to end against
+ *    tools/ref_sd3_ralu.py, the FLUX code's logic ported onto diffusers'
+ *    SD3 pipeline. */
 #define LOG_MODULE "engine.ralu"
 #include <math.h>
 #include <stdlib.h>

@@ -24,6 +24,7 @@ static const struct {
     {"scheduler", false},      {"scheduler_step", false},  {"tokenizer", false},
     {"sd3_pipeline", false},   {"flux_pipeline", false},   {"ralu_ntdm", false},
     {"canny", false},          {"ralu_edge_select", false}, {"ralu_pipeline", false},
+    {"sd3_ralu_pipeline", false},
 };
 
 static int index_count(const char *kind)

@@ -100,6 +100,7 @@ static const struct {
     {"sd3_pipeline", cv_run_pipeline, false},
     {"flux_pipeline", cv_run_pipeline, false},
     {"ralu_pipeline", cv_run_pipeline, false},
+    {"sd3_ralu_pipeline", cv_run_pipeline, false},
     {"scheduler_step", cv_run_scheduler_step, false},
     {"clip_text_encoder", cv_run_clip_text_encoder, false},
     {"t5_encoder", cv_run_t5_encoder, false},

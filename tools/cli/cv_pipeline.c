@@ -1,5 +1,7 @@
-/* tools/cli/cv_pipeline.c - sd3_pipeline and flux_pipeline cases: a whole
- * generation from the saved initial latents, with the prompt embeddings,
+/* tools/cli/cv_pipeline.c - sd3_pipeline, flux_pipeline, ralu_pipeline (FLUX,
+ * the authors' code) and sd3_ralu_pipeline (SD3/SD3.5, tools/ref_sd3_ralu.py)
+ * cases: a whole generation from the saved initial latents (and, for RALU,
+ * the saved re-noising and tie-break draws), with the prompt embeddings,
  * every step's latents, the final latents and the image compared through
  * the pipeline's probe hook. */
 #include <math.h>
@@ -172,7 +174,7 @@ int cv_run_pipeline(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, st
     req.init_latents = lat.data;
     int msl = (int)json_integer_value(json_object_get(pa, "max_sequence_length"));
     struct ralu_params rp;
-    if (strcmp(c->kind, "ralu_pipeline") == 0) {
+    if (strcmp(c->kind, "ralu_pipeline") == 0 || strcmp(c->kind, "sd3_ralu_pipeline") == 0) {
         struct tensor n2, n3, tb;
         json_t *jn = json_object_get(pa, "N"), *je = json_object_get(pa, "e"),
                *sh = json_object_get(pa, "shift");
