@@ -720,8 +720,11 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
             pipeline_grid_pos(p, th, tw, host + (size_t)b * N * (sd3 ? 2 : 3));
         if ((rc = op_upload(be, pos.data, host, sizeof(float) * (size_t)B * N * (sd3 ? 2 : 3))))
             goto done;
+        probe(h, be, "positions", 0, &pos);
         if ((rc = pipeline_schedule(p, r->steps, N, &sch)))
             goto done;
+        probe_host(h, be, "timesteps", 0, sch.timesteps, sch.n);
+        probe_host(h, be, "sigmas", 0, sch.sigmas, sch.n + 1);
         rc = pipeline_run_steps(&d, &x, N, sch.sigmas, sch.timesteps, sch.n, 1.0f, "step_latents",
                                 sd3 ? &nchw : NULL);
     }

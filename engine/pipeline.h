@@ -85,9 +85,28 @@ struct gen_output {
 
 /* Called after each stage and denoise step; return nonzero to cancel. */
 typedef int (*gen_progress_fn)(void *ctx, const char *stage, int step, int total);
-/* Test hook: sees intermediate backend tensors by name ("prompt_embeds",
- * "negative_prompt_embeds", "pooled_prompt_embeds", "step_latents" (index =
- * step), "latents_out", "image"); latents in the reference layout. */
+/* Test hook: sees intermediate backend tensors by name, latents in the
+ * reference layout, index 0 unless stated. The tensor is borrowed for the
+ * call; read it (op_download) before returning. Names are the golden cases'
+ * (tests/data/vectors) where the engine holds the same thing:
+ *  - every sampler: "prompt_embeds", "negative_prompt_embeds",
+ *    "pooled_prompt_embeds", "negative_pooled_prompt_embeds" (index =
+ *    request), "latents_out", "image" [n, H, W, 3];
+ *  - standard sampler: "positions" [B, N, P] F32 as the model sees them
+ *    (SD3 table (row, col), FLUX ids (0, row, col)), "timesteps" [steps],
+ *    "sigmas" [steps + 1], "step_latents" (index = step);
+ *  - RALU: "stage<k>_timesteps" [N_k + 1], "stage<k>_ids" (k = 1, 2) and
+ *    "stage3_ids_unsorted" [n, T, P] grid ids, "stage<k>_pos" [n, T, P]
+ *    model positions (FLUX: equal to the ids; stage 3 is sorted),
+ *    "stage<k>_latents_start", "stage<k>_step_latents" (index = step),
+ *    "stage1_v_last", "x0_hat", "x0_decoded" [n, H/2, W/2, 3], "gray_u8"
+ *    and "canny_edges" [n, H/2, W/2] U8, "edge_scores" [n, Md],
+ *    "perm" [n, Md] I32 = idx_1x ++ idx_2x (index = K),
+ *    "stage<k>_latents_prenoise" (k = 2, 3), and "stage3_dest" [n, M] I32,
+ *    the raster slot of each unsorted stage-3 token (the inverse of the
+ *    reference's stage3_sort_perm).
+ * Values that live on the host (the schedules) are copied into a 1-D F32
+ * backend tensor for the call; that copy is made only when a probe is set. */
 typedef void (*gen_probe_fn)(void *ctx, struct backend *be, const char *name, int index,
                              const struct tensor *t);
 

@@ -91,5 +91,9 @@ void probe(const struct gen_hooks *h, struct backend *be, const char *name, int 
 bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total);
 void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
                    const struct tensor *x, const struct tensor *nchw);
+/* pipeline_probe.c: host values v [n] as a 1-D F32 backend tensor copy (see
+ * gen_probe_fn); allocates, so only when h has a probe. */
+void probe_host(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
+                const float *v, int64_t n);
 
 #endif

@@ -166,12 +166,15 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         }
     if ((rc = op_upload(be, gid1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
+    probe(h, be, "stage1_ids", 0, &gid1);
     for (size_t i = 0; i < (size_t)n * Md; i++) /* model positions: + the crop offset */
         for (int k = 0; k < P; k++)
             host[i * P + k] += fpos_off[k];
     if ((rc = op_upload(be, pos1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
+    probe(h, be, "stage1_pos", 0, &pos1);
     probe(h, be, "stage1_latents_start", 0, &x1);
+    probe_host(h, be, "stage1_timesteps", 0, rs.ts[0], rs.n[0] + 1);
     fill_pos(d, &pos1, Md, P);
     if ((rc = pipeline_run_steps(d, &x1, Md, rs.ts[0], rs.ts[0], rs.n[0], 1e-3f,
                                  "stage1_step_latents", NULL)))
@@ -183,6 +186,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     {
         struct tensor v = WVIEW3(d->v, n, Md, tokw);
         op_axpy(be, &x0, &x1, &v, rs.ts[0][rs.n[0]], -1e-3f);
+        probe(h, be, "stage1_v_last", 0, &v);
         probe(h, be, "x0_hat", 0, &x0);
         const struct vae_config *vc = vae_cfg(p->vae);
         struct tensor zt = tensor_reshape3(&z, n, (int64_t)4 * Md, C);
@@ -201,7 +205,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     out->t.edge_decode_ms = ms_since(t0);
     t0 = clock_sec();
     op_gray_u8(be, &gray, &img);
+    probe(h, be, "gray_u8", 0, &gray);
     op_canny(be, &edges, &gray, 100, 200);
+    probe(h, be, "canny_edges", 0, &edges);
     op_block_sum(be, &scores, &edges, 2 * vs);
     for (int b = 0; b < n; b++) { /* keyed by the image's own seed, as alone */
         const struct batch_img *bi = &d->img[b];
@@ -227,6 +233,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
         op_gather_rows(be, &x2, &x1, &idx2);
+        probe(h, be, "stage2_ids", 0, &gid2);
+        probe(h, be, "stage2_pos", 0, &pos2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
             const struct batch_img *bi = &d->img[b];
@@ -251,6 +259,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
 
     /* ---- stage 2: mixed resolution ---- */
     t0 = clock_sec();
+    probe_host(h, be, "stage2_timesteps", 0, rs.ts[1], rs.n[1] + 1);
     fill_pos(d, &pos2, T2, P);
     if ((rc = pipeline_run_steps(d, &x2, T2, rs.ts[1], rs.ts[1], rs.n[1], 1e-3f,
                                  "stage2_step_latents", NULL)))
@@ -266,6 +275,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
                                       .grid_w = tw};
         op_ralu_expand(be, &ea);
         op_gather_rows(be, &x3u, &x2, &idx3);
+        probe(h, be, "stage3_ids_unsorted", 0, &gid3);
+        probe(h, be, "stage3_dest", 0, &dest3);
         probe(h, be, "stage3_latents_prenoise", 0, &x3u);
         for (int b = 0; b < n; b++) {
             const struct batch_img *bi = &d->img[b];
@@ -290,6 +301,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         pipeline_grid_pos(p, th, tw, host + (size_t)b * M * P);
     if ((rc = op_upload(be, pos3.data, host, sizeof(float) * (size_t)n * M * P)))
         goto done;
+    probe(h, be, "stage3_pos", 0, &pos3);
+    probe_host(h, be, "stage3_timesteps", 0, rs.ts[2], rs.n[2] + 1);
     fill_pos(d, &pos3, M, P);
     if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f,
                                  "stage3_step_latents", NULL)))
