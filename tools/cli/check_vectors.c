@@ -236,8 +236,11 @@ static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, F
                 em.text[0] ? em.text : err_str(rc));
         tally(s, c->kind, 1);
     } else {
-        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g) [%d tensors]%s%s\n",
-                r.fail ? "FAIL" : "PASS", label, c->kind, r.worst_rel, c->atol, c->rtol, r.n_t,
+        char nt[32] = ""; /* runners that log their comparisons (cv_log) */
+        if (r.n_t)
+            snprintf(nt, sizeof nt, " [%d tensors]", r.n_t);
+        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s%s\n",
+                r.fail ? "FAIL" : "PASS", label, c->kind, r.worst_rel, c->atol, c->rtol, nt,
                 r.note[0] ? " " : "", r.note);
         if (x->o->verbose)
             print_log(out, &r);
