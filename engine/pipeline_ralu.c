@@ -146,8 +146,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             host[i * P + k] += fpos_off[k];
     if ((rc = op_upload(be, pos1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
-    probe(h, be, "stage1_latents_start", 0, &x1);
     probe(h, be, "stage1_pos", 0, &pos1);
+    probe(h, be, "stage1_latents_start", 0, &x1);
     fill_pos(d, &pos1, Md, P);
     if ((rc = pipeline_run_steps(d, &x1, Md, rs.ts[0], rs.ts[0], rs.n[0], 1e-3f,
                                  "stage1_step_latents", NULL)))
@@ -202,6 +202,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
                                       .n_rep = K, .scale = 1.0f, .row_dim = row_dim};
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
+        probe(h, be, "stage2_pos", 0, &pos2);
         op_gather_rows(be, &x2, &x1, &idx2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
@@ -227,7 +228,6 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
 
     /* ---- stage 2: mixed resolution ---- */
     t0 = clock_sec();
-    probe(h, be, "stage2_pos", 0, &pos2);
     fill_pos(d, &pos2, T2, P);
     if ((rc = pipeline_run_steps(d, &x2, T2, rs.ts[1], rs.ts[1], rs.n[1], 1e-3f,
                                  "stage2_step_latents", NULL)))
