@@ -1,10 +1,12 @@
 /* engine/ralu_sched.h - RALU stage schedules (shared/spec/ralu.md 2, 3, 4.4):
  * the named presets, the derived constants (stage starts s, re-noising
  * coefficients a and b, c = 1/Z^2), the per-stage timesteps, and NT-DM, the
- * optimiser that picks the shifts h and Z for a custom (N, e).
+ * optimiser that picks the shifts h and Z for a custom (N, e); and the
+ * correlated re-noising draw at the stage transitions.
  *
  * Pure host math in double, as the reference does it in numpy / Python
- * floats; only the timesteps are float32. No backend, no allocation.
+ * floats; only the timesteps (and the noise) are float32. No backend, no
+ * allocation.
  *
  * Time: paper time t runs from 0 (noise) to 1 (clean); sigma = 1 - t.
  * Stage k (0-based here) covers [s[k], e[k]] with s[0] = 0 and e[2] = 1. */
