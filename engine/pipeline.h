@@ -87,7 +87,11 @@ struct gen_output {
 typedef int (*gen_progress_fn)(void *ctx, const char *stage, int step, int total);
 /* Test hook: sees intermediate backend tensors by name ("prompt_embeds",
  * "negative_prompt_embeds", "pooled_prompt_embeds", "step_latents" (index =
- * step), "latents_out", "image"); latents in the reference layout. */
+ * step), "latents_out", "image"); latents in the reference layout. RALU
+ * adds its stage latents, "x0_hat", "x0_decoded", "edge_scores", "perm"
+ * (index = K) and "stage1_pos" .. "stage3_pos": each stage's model
+ * positions per image [n, tokens, P] (FLUX ids (0, row, col); SD3 sin-cos
+ * table coordinates (row, col)). */
 typedef void (*gen_probe_fn)(void *ctx, struct backend *be, const char *name, int index,
                              const struct tensor *t);
 

@@ -34,28 +34,6 @@
 #include "engine/rng.h"
 #include "kernels/ops.h"
 
-/* Noise for one image at a transition, in the token layout of that stage:
- * n_iid independent tokens and n_grp groups of 4 sibling tokens with
- * covariance I - c'11^T per feature, in the given order (groups first or
- * last). z_i = e_i - gamma * mean(e), gamma = 1 - sqrt(1 - 4c'). */
-static void draw_noise(float *out, uint64_t seed, uint32_t stream, int n_iid, int n_grp,
-                       bool groups_first, int tokw, double c)
-{
-    int64_t T = n_iid + 4 * (int64_t)n_grp;
-    double cp = c - 1e-6;
-    float gamma = (float)(1.0 - sqrt(1.0 - 4.0 * cp));
-    rng_normal(seed, stream, 0, out, T * tokw);
-    int64_t g0 = groups_first ? 0 : n_iid;
-    for (int64_t g = 0; g < n_grp; g++) {
-        float *t0 = out + (g0 + 4 * g) * tokw;
-        for (int f = 0; f < tokw; f++) {
-            float m = (t0[f] + t0[tokw + f] + t0[2 * tokw + f] + t0[3 * tokw + f]) * 0.25f;
-            for (int k = 0; k < 4; k++)
-                t0[k * tokw + f] -= gamma * m;
-        }
-    }
-}
-
 /* Replicate per-image positions [n, N, P] into the forward batch [B, N, P]. */
 static void fill_pos(struct denoise_ctx *d, const struct tensor *pos_n, int N, int P)
 {
@@ -171,6 +149,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             host[i * P + k] += fpos_off[k];
     if ((rc = op_upload(be, pos1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
+    probe(h, be, "stage1_pos", 0, &pos1);
     probe(h, be, "stage1_latents_start", 0, &x1);
     fill_pos(d, &pos1, Md, P);
     if ((rc = pipeline_run_steps(d, &x1, Md, rs.ts[0], rs.ts[0], rs.n[0], 1e-3f,
@@ -226,6 +205,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
                                       .n_rep = K, .scale = 1.0f, .row_dim = row_dim};
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
+        probe(h, be, "stage2_pos", 0, &pos2);
         op_gather_rows(be, &x2, &x1, &idx2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
@@ -234,8 +214,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise2 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
-                           false, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K,
+                                K, false, tokw, rs.c);
         }
         struct tensor nz = WVIEW3(&noise, n, T2, tokw);
         if ((rc = op_upload(be, nz.data, host, sizeof(float) * (size_t)n * T2 * tokw)))
@@ -273,8 +253,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise3 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise3, sizeof(float) * (size_t)M * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
-                           Md - K, true, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
+                                Md - K, true, tokw, rs.c);
         }
         if ((rc = op_upload(be, noise.data, host, sizeof(float) * (size_t)n * M * tokw)))
             goto done;
@@ -290,6 +270,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         pipeline_grid_pos(p, th, tw, host + (size_t)b * M * P);
     if ((rc = op_upload(be, pos3.data, host, sizeof(float) * (size_t)n * M * P)))
         goto done;
+    probe(h, be, "stage3_pos", 0, &pos3);
     fill_pos(d, &pos3, M, P);
     if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f,
                                  "stage3_step_latents", NULL)))
