@@ -97,7 +97,8 @@ typedef int (*gen_progress_fn)(void *ctx, const char *stage, int step, int total
  *    "sigmas" [steps + 1], "step_latents" (index = step);
  *  - RALU: "stage<k>_timesteps" [N_k + 1], "stage<k>_ids" (k = 1, 2) and
  *    "stage3_ids_unsorted" [n, T, P] grid ids, "stage<k>_pos" [n, T, P]
- *    model positions (FLUX: equal to the ids; stage 3 is sorted),
+ *    each stage's model positions per image (FLUX ids (0, row, col); SD3
+ *    sin-cos table coordinates (row, col); stage 3 in raster order),
  *    "stage<k>_latents_start", "stage<k>_step_latents" (index = step),
  *    "stage1_v_last", "x0_hat", "x0_decoded" [n, H/2, W/2, 3], "gray_u8"
  *    and "canny_edges" [n, H/2, W/2] U8, "edge_scores" [n, Md],

@@ -34,28 +34,6 @@
 #include "engine/rng.h"
 #include "kernels/ops.h"
 
-/* Noise for one image at a transition, in the token layout of that stage:
- * n_iid independent tokens and n_grp groups of 4 sibling tokens with
- * covariance I - c'11^T per feature, in the given order (groups first or
- * last). z_i = e_i - gamma * mean(e), gamma = 1 - sqrt(1 - 4c'). */
-static void draw_noise(float *out, uint64_t seed, uint32_t stream, int n_iid, int n_grp,
-                       bool groups_first, int tokw, double c)
-{
-    int64_t T = n_iid + 4 * (int64_t)n_grp;
-    double cp = c - 1e-6;
-    float gamma = (float)(1.0 - sqrt(1.0 - 4.0 * cp));
-    rng_normal(seed, stream, 0, out, T * tokw);
-    int64_t g0 = groups_first ? 0 : n_iid;
-    for (int64_t g = 0; g < n_grp; g++) {
-        float *t0 = out + (g0 + 4 * g) * tokw;
-        for (int f = 0; f < tokw; f++) {
-            float m = (t0[f] + t0[tokw + f] + t0[2 * tokw + f] + t0[3 * tokw + f]) * 0.25f;
-            for (int k = 0; k < 4; k++)
-                t0[k * tokw + f] -= gamma * m;
-        }
-    }
-}
-
 /* Replicate per-image positions [n, N, P] into the forward batch [B, N, P]. */
 static void fill_pos(struct denoise_ctx *d, const struct tensor *pos_n, int N, int P)
 {
@@ -232,9 +210,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
                                       .n_rep = K, .scale = 1.0f, .row_dim = row_dim};
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
+        probe(h, be, "stage2_pos", 0, &pos2);
         op_gather_rows(be, &x2, &x1, &idx2);
         probe(h, be, "stage2_ids", 0, &gid2);
-        probe(h, be, "stage2_pos", 0, &pos2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
             const struct batch_img *bi = &d->img[b];
@@ -242,8 +220,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise2 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
-                           false, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K,
+                                K, false, tokw, rs.c);
         }
         struct tensor nz = WVIEW3(&noise, n, T2, tokw);
         if ((rc = op_upload(be, nz.data, host, sizeof(float) * (size_t)n * T2 * tokw)))
@@ -284,8 +262,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise3 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise3, sizeof(float) * (size_t)M * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
-                           Md - K, true, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
+                                Md - K, true, tokw, rs.c);
         }
         if ((rc = op_upload(be, noise.data, host, sizeof(float) * (size_t)n * M * tokw)))
             goto done;

@@ -283,7 +283,7 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
 END_TEST
 
 /* Equal parameters in different memory batch together; NULL cache and
- * CACHE_NONE are the same key. Validated only: nreq 2 of n 1 runs fast. */
+ * CACHE_NONE are the same key. Small sizes: only acceptance is checked. */
 START_TEST(test_pipeline_generate_batch_accepts_equal_keys_in_different_memory)
 {
     struct fix f;
@@ -299,6 +299,17 @@ START_TEST(test_pipeline_generate_batch_accepts_equal_keys_in_different_memory)
     }
     q[1].cache = &none;
     const struct gen_request *r[2] = {&q[0], &q[1]};
+    ck_assert_msg(pipeline_generate_batch(f.p, r, 2, NULL, outs, &em) == 0, "%s", em.text);
+    gen_output_free(&outs[0]);
+    gen_output_free(&outs[1]);
+    /* RALU parameters: two copies of the same preset */
+    struct ralu_params ra, rb;
+    ck_assert_int_eq(ralu_preset("7x", RALU_FAMILY_FLUX, &ra), 0);
+    rb = ra;
+    for (int i = 0; i < 2; i++)
+        q[i].width = q[i].height = 64;
+    q[0].ralu = &ra;
+    q[1].ralu = &rb;
     ck_assert_msg(pipeline_generate_batch(f.p, r, 2, NULL, outs, &em) == 0, "%s", em.text);
     gen_output_free(&outs[0]);
     gen_output_free(&outs[1]);
