@@ -48,8 +48,8 @@ int dit_config_load(struct dit_config *cfg, const char *path, struct err_msg *em
         (rc = ju_int(o, "num_single_layers", flux ? 38 : 0, 0, DIT_MAX_LAYERS,
                      &cfg->num_single_layers, path, em)) ||
         (rc = ju_int(o, "num_attention_heads", 24, 1, 1024, &cfg->heads, path, em)) ||
-        (rc = ju_int(o, "attention_head_dim", flux ? 128 : 64, 1, 1024, &cfg->head_dim, path,
-                     em)) ||
+        (rc =
+             ju_int(o, "attention_head_dim", flux ? 128 : 64, 1, 1024, &cfg->head_dim, path, em)) ||
         (rc = ju_int(o, "joint_attention_dim", 4096, 1, 65536, &cfg->joint_attention_dim, path,
                      em)) ||
         (rc = ju_int(o, "pooled_projection_dim", flux ? 768 : 2048, 1, 65536,
@@ -118,8 +118,8 @@ int dit_config_load(struct dit_config *cfg, const char *path, struct err_msg *em
         json_t *dl = json_object_get(o, "dual_attention_layers");
         if (dl && !json_is_null(dl)) {
             if (!json_is_array(dl)) {
-                rc = err_set(em, ERR_FORMAT, "%s: \"dual_attention_layers\" must be an array",
-                             path);
+                rc =
+                    err_set(em, ERR_FORMAT, "%s: \"dual_attention_layers\" must be an array", path);
                 goto done;
             }
             for (size_t i = 0; i < json_array_size(dl); i++) {
@@ -236,8 +236,9 @@ static int bind_lin_rows(struct binder *bd, struct lin *l, const char *name, int
     }
     if (bias.ndim != 1 || bias.ne[0] != n_out) {
         shape_str(&bias, a, sizeof a);
-        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
-                       wsrc_where(bd->src), bn, a, (long long)n_out);
+        return err_set(bd->em, ERR_MISMATCH,
+                       "%s: tensor \"%s\" is %s but the config implies [%lld]", wsrc_where(bd->src),
+                       bn, a, (long long)n_out);
     }
     if ((rc = widen_vec(bd, &bias, &l->b)))
         return rc;
@@ -260,8 +261,9 @@ static int bind_vec(struct binder *bd, struct vec *v, const char *name, int64_t 
         return rc;
     if (tensor_nelem(&t) != n) {
         shape_str(&t, a, sizeof a);
-        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
-                       wsrc_where(bd->src), wn, a, (long long)n);
+        return err_set(bd->em, ERR_MISMATCH,
+                       "%s: tensor \"%s\" is %s but the config implies [%lld]", wsrc_where(bd->src),
+                       wn, a, (long long)n);
     }
     return widen_vec(bd, &t, &v->t);
 }
@@ -273,17 +275,17 @@ static int bind_attn(struct binder *bd, struct attn_w *at, const char *p, bool c
     int64_t d = c->hidden;
     char n[256];
     int rc;
-#define BL(field, suffix)                                                  \
-    do {                                                                   \
-        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
-        if ((rc = bind_lin(bd, &at->field, n, d, d)))                      \
-            return rc;                                                     \
+#define BL(field, suffix)                             \
+    do {                                              \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);    \
+        if ((rc = bind_lin(bd, &at->field, n, d, d))) \
+            return rc;                                \
     } while (0)
-#define BV(field, suffix)                                                  \
-    do {                                                                   \
-        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
-        if ((rc = bind_vec(bd, &at->field, n, c->head_dim)))               \
-            return rc;                                                     \
+#define BV(field, suffix)                                    \
+    do {                                                     \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);           \
+        if ((rc = bind_vec(bd, &at->field, n, c->head_dim))) \
+            return rc;                                       \
     } while (0)
     BL(q, "to_q");
     BL(k, "to_k");
@@ -354,8 +356,8 @@ static int bind_embedders(struct binder *bd)
     }
     if ((rc = bind_ada_cont(bd, &m->out_scale, &m->out_shift, "norm_out.linear")))
         return rc;
-    return bind_lin(bd, &m->proj_out, "proj_out", dit_token_dim(c) / c->in_channels *
-                                                      c->out_channels, d);
+    return bind_lin(bd, &m->proj_out, "proj_out",
+                    dit_token_dim(c) / c->in_channels * c->out_channels, d);
 }
 
 /* Compare the stored SD3 sin-cos table with the analytic formula. */
@@ -372,9 +374,10 @@ static double sd3_table_maxdiff(const struct dit *m)
                 for (int j = 0; j < q; j++) {
                     double om = 1.0 / pow(10000.0, (double)j / q);
                     double sv = sin(p * om), cv = cos(p * om);
-                    double a = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + j) * t->scale;
-                    double b = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + q + j) *
-                               t->scale;
+                    double a =
+                        dtype_load_f32(t->dtype, t->data, base + half * 2 * q + j) * t->scale;
+                    double b =
+                        dtype_load_f32(t->dtype, t->data, base + half * 2 * q + q + j) * t->scale;
                     worst = fmax(worst, fmax(fabs(a - sv), fabs(b - cv)));
                 }
             }
@@ -535,6 +538,7 @@ void dit_free(struct dit *m)
 }
 
 const struct dit_config *dit_cfg(const struct dit *m) { return &m->cfg; }
+struct backend *dit_backend(const struct dit *m) { return m->be; }
 double dit_pos_table_maxdiff(const struct dit *m) { return m->pos_maxdiff; }
 
 void dit_sd3_grid_pos(const struct dit *m, int h, int w, float *out)
@@ -633,35 +637,143 @@ void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const
     op_matmul(be, y, x, &l->w, l->has_b ? &l->b : NULL);
 }
 
-int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                struct tensor *out)
+static int check_shape(const struct dit_work *w, const struct dit_inputs *in)
 {
     if (in->b < 1 || in->b > w->max_b || in->n < 1 || in->n > w->max_n || in->t < 0 ||
         in->t > w->max_t)
         return ERR_INVAL;
-    return m->cfg.family == DIT_SD3 ? dit_forward_sd3(m, w, in, out)
-                                    : dit_forward_flux(m, w, in, out);
+    return ERR_OK;
+}
+
+int dit_num_blocks(const struct dit *m)
+{
+    return m->cfg.num_layers + (m->cfg.family == DIT_FLUX ? m->cfg.num_single_layers : 0);
+}
+
+int dit_stage_embed(struct dit *m, struct dit_work *w, const struct dit_inputs *in)
+{
+    int rc = check_shape(w, in);
+    if (rc)
+        return rc;
+    if (m->cfg.family == DIT_SD3)
+        dit_embed_sd3(m, w, in);
+    else
+        dit_embed_flux(m, w, in);
+    return ERR_OK;
+}
+
+void dit_stage_blocks(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                      int last, const struct dit_module_hook *hk)
+{
+    RALUD_ASSERT(first >= 0 && first <= last && last <= dit_num_blocks(m));
+    if (m->cfg.family == DIT_SD3)
+        dit_blocks_sd3(m, w, in, first, last, hk);
+    else
+        dit_blocks_flux(m, w, in, first, last, hk);
+}
+
+int dit_stage_final(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                    struct tensor *out)
+{
+    struct tensor img = dit_stream_img(w, in);
+    dit_final_layer(m, w, &img, in->b, in->n, out);
+    return op_sync(m->be);
+}
+
+struct tensor dit_stream_img(struct dit_work *w, const struct dit_inputs *in)
+{
+    struct tensor xs = WV3(&w->xs, in->b, (int64_t)in->n + in->t, w->m->cfg.hidden);
+    return dit_rows(&xs, in->t, in->n);
+}
+
+struct tensor dit_stream_txt(struct dit_work *w, const struct dit_inputs *in)
+{
+    struct tensor xs = WV3(&w->xs, in->b, (int64_t)in->n + in->t, w->m->cfg.hidden);
+    return dit_rows(&xs, 0, in->t);
+}
+
+void dit_first_modulated(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                         struct tensor *out)
+{
+    const struct joint_block *blk = &m->blocks[0];
+    int64_t d = m->cfg.hidden;
+    struct tensor ts = WV2(&w->temb_silu, in->b, d);
+    struct tensor mod = WV2(&w->mod, in->b, (blk->dual ? 9 : 6) * d);
+    struct tensor sh = dit_chunk(&mod, 0, d), sc = dit_chunk(&mod, 1, d);
+    struct tensor img = dit_stream_img(w, in);
+    RALUD_ASSERT(m->cfg.num_layers >= 1);
+    dit_lin(m->be, &mod, &ts, &blk->norm1);
+    op_layer_norm(m->be, out, &img, NULL, NULL, 1e-6f);
+    op_modulate(m->be, out, out, &sh, &sc);
+}
+
+enum dit_rows dit_module_rows(const struct dit *m, int id)
+{
+    const struct dit_config *c = &m->cfg;
+    int blk = id / DIT_MODS_PER_BLOCK, k = id % DIT_MODS_PER_BLOCK;
+    if (id < 0 || blk >= dit_num_blocks(m))
+        return DIT_ROWS_NONE;
+    if (blk >= c->num_layers) /* FLUX single block */
+        return k == DIT_MOD_ALL ? DIT_ROWS_ALL : DIT_ROWS_NONE;
+    bool pre = m->blocks[blk].ctx_pre_only;
+    switch (k) {
+    case DIT_MOD_IMG_ATTN:
+    case DIT_MOD_IMG_MLP:
+        return DIT_ROWS_IMG;
+    case DIT_MOD_TXT_ATTN:
+    case DIT_MOD_TXT_MLP:
+        return pre ? DIT_ROWS_NONE : DIT_ROWS_TXT;
+    case DIT_MOD_IMG_ATTN2:
+        return m->blocks[blk].dual ? DIT_ROWS_IMG : DIT_ROWS_NONE;
+    default:
+        return DIT_ROWS_NONE;
+    }
+}
+
+int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, struct tensor *out)
+{
+    int rc = dit_stage_embed(m, w, in);
+    if (rc)
+        return rc;
+    dit_stage_blocks(m, w, in, 0, dit_num_blocks(m), NULL);
+    return dit_stage_final(m, w, in, out);
+}
+
+double dit_flops_embed(const struct dit_config *c, int b, int n, int t)
+{
+    double d = c->hidden, tok = dit_token_dim(c);
+    return (2.0 * n * tok * d + 2.0 * t * c->joint_attention_dim * d) * b;
+}
+
+double dit_flops_blocks(const struct dit_config *c, int first, int last, int b, int n, int t)
+{
+    double d = c->hidden, l = (double)n + t, f = 0;
+    double mlp = d * c->mlp_ratio;
+    for (int i = first; i < last && i < c->num_layers; i++) {
+        bool pre = c->family == DIT_SD3 && i == c->num_layers - 1;
+        double tq = pre ? 0 : t; /* pre-only block: no text queries / outputs */
+        f += 2.0 * n * d * 3 * d + 2.0 * t * d * 3 * d; /* qkv */
+        f += 4.0 * (n + tq) * l * d;                    /* scores + weighted sum */
+        f += 2.0 * (n + tq) * d * d;                    /* out projections */
+        f += 2.0 * 2 * (n + tq) * d * mlp;              /* MLPs */
+        if (c->family == DIT_SD3 && c->dual_attention[i])
+            f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
+    }
+    if (c->family == DIT_FLUX)
+        for (int i = first > c->num_layers ? first : c->num_layers; i < last; i++)
+            f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
+    return f * b;
+}
+
+double dit_flops_final(const struct dit_config *c, int b, int n, int t)
+{
+    (void)t;
+    return 2.0 * n * c->hidden * dit_token_dim(c) * b;
 }
 
 double dit_flops(const struct dit_config *c, int b, int n, int t)
 {
-    double d = c->hidden, l = (double)n + t, f = 0;
-    double mlp = d * c->mlp_ratio;
-    double tok = dit_token_dim(c);
-    f += 2.0 * n * tok * d;                    /* patch / x embedding */
-    f += 2.0 * t * c->joint_attention_dim * d; /* context embedder */
-    for (int i = 0; i < c->num_layers; i++) {
-        bool pre = c->family == DIT_SD3 && i == c->num_layers - 1;
-        double tq = pre ? 0 : t; /* pre-only block: no text queries / outputs */
-        f += 2.0 * n * d * 3 * d + 2.0 * t * d * 3 * d; /* qkv */
-        f += 4.0 * (n + tq) * l * d;                   /* scores + weighted sum */
-        f += 2.0 * (n + tq) * d * d;                   /* out projections */
-        f += 2.0 * 2 * (n + tq) * d * mlp;             /* MLPs */
-        if (c->family == DIT_SD3 && c->dual_attention[i])
-            f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
-    }
-    for (int i = 0; i < c->num_single_layers; i++)
-        f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
-    f += 2.0 * n * d * tok; /* proj_out */
-    return f * b;
+    int nb = c->num_layers + (c->family == DIT_FLUX ? c->num_single_layers : 0);
+    return dit_flops_embed(c, b, n, t) + dit_flops_blocks(c, 0, nb, b, n, t) +
+           dit_flops_final(c, b, n, t);
 }

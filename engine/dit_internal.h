@@ -18,15 +18,15 @@ struct vec {
 };
 
 struct attn_w {
-    struct lin q, k, v, out;        /* image side (out absent in FLUX single) */
-    struct lin aq, ak, av, aout;    /* context side (aout absent when pre-only) */
-    struct vec nq, nk, naq, nak;    /* qk rms norms */
+    struct lin q, k, v, out;     /* image side (out absent in FLUX single) */
+    struct lin aq, ak, av, aout; /* context side (aout absent when pre-only) */
+    struct vec nq, nk, naq, nak; /* qk rms norms */
     bool has_out, has_ctx, has_aout;
 };
 
 struct joint_block {
-    struct lin norm1;               /* 6D, or 9D with dual attention (SD3.5) */
-    struct lin norm1_ctx;           /* 6D, or (scale, shift) halves when pre-only */
+    struct lin norm1;     /* 6D, or 9D with dual attention (SD3.5) */
+    struct lin norm1_ctx; /* 6D, or (scale, shift) halves when pre-only */
     struct lin norm1_ctx_scale, norm1_ctx_shift;
     bool ctx_pre_only;
     bool dual;
@@ -35,19 +35,19 @@ struct joint_block {
 };
 
 struct single_block {
-    struct lin norm;                /* 3D */
-    struct attn_w attn;             /* q, k, v + norms */
-    struct lin mlp;                 /* D -> 4D */
-    struct lin out;                 /* 5D -> D */
+    struct lin norm;    /* 3D */
+    struct attn_w attn; /* q, k, v + norms */
+    struct lin mlp;     /* D -> 4D */
+    struct lin out;     /* 5D -> D */
 };
 
 struct dit {
     struct dit_config cfg;
     struct backend *be;
     /* embeddings */
-    struct lin x_emb;              /* SD3: conv weight as [D, C*p*p]; FLUX: x_embedder */
-    struct tensor pos_table;       /* SD3 stored table [S*S, D] (any dtype), data NULL if none */
-    double pos_scale;              /* SD3 grid value per table unit */
+    struct lin x_emb;        /* SD3: conv weight as [D, C*p*p]; FLUX: x_embedder */
+    struct tensor pos_table; /* SD3 stored table [S*S, D] (any dtype), data NULL if none */
+    double pos_scale;        /* SD3 grid value per table unit */
     double pos_maxdiff;
     struct lin t1, t2, g1, g2, p1, p2; /* timestep, guidance, pooled embedders */
     struct lin ctx_emb;
@@ -55,7 +55,7 @@ struct dit {
     struct single_block singles[DIT_MAX_LAYERS];
     struct lin out_scale, out_shift; /* norm_out (AdaLayerNormContinuous) halves */
     struct lin proj_out;
-    void **owned;                  /* backend buffers (F32 vectors) */
+    void **owned; /* backend buffers (F32 vectors) */
     int n_owned, cap_owned;
 };
 
@@ -68,21 +68,35 @@ struct dit_work {
     /* [B, *] vectors */
     struct tensor t256, temb, temb2, temb_silu, mod, cmod;
     /* streams and scratch, sized [B, T+N, *] */
-    struct tensor xs;     /* residual stream, text rows first */
-    struct tensor h;      /* normalised / modulated input */
-    struct tensor h2;     /* SD3.5 second modulation (image rows) */
+    struct tensor xs; /* residual stream, text rows first */
+    struct tensor h;  /* normalised / modulated input */
+    struct tensor h2; /* SD3.5 second modulation (image rows) */
     struct tensor q, k, v, o;
-    struct tensor proj;   /* projection outputs */
-    struct tensor big;    /* [B, L, 5D]: MLP hidden, FLUX single concat */
-    struct tensor rope;   /* [B, L, hd/2, 2] */
-    struct tensor ids;    /* [B, L, 3] joint ids (FLUX) */
-    struct tensor tok;    /* [B, N, C*p*p] output before reorder (SD3) */
+    struct tensor proj; /* projection outputs */
+    struct tensor big;  /* [B, L, 5D]: MLP hidden, FLUX single concat */
+    struct tensor rope; /* [B, L, hd/2, 2] */
+    struct tensor ids;  /* [B, L, 3] joint ids (FLUX) */
+    struct tensor tok;  /* [B, N, C*p*p] output before reorder (SD3) */
 };
 
-int dit_forward_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                    struct tensor *out);
-int dit_forward_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                     struct tensor *out);
+/* The forward's stages per family (dit_stage_* dispatch here). */
+void dit_embed_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in);
+void dit_blocks_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                    int last, const struct dit_module_hook *hk);
+void dit_embed_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in);
+void dit_blocks_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                     int last, const struct dit_module_hook *hk);
+
+static inline bool dit_hook_forecasts(const struct dit_module_hook *hk)
+{
+    return hk && hk->forecast;
+}
+/* After computing module `id` into p (store) or instead of it (forecast). */
+static inline void dit_hook_call(const struct dit_module_hook *hk, int id, struct tensor *p)
+{
+    if (hk)
+        hk->fn(hk->ctx, id, p);
+}
 
 /* Helpers used by both forwards. */
 /* y = x @ l.w^T + l.b */
@@ -127,10 +141,11 @@ void dit_final_layer(struct dit *m, struct dit_work *w, const struct tensor *img
  * rms norms when `norms`. */
 void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor *x,
              struct tensor *q, struct tensor *k, struct tensor *v, const struct lin *lq,
-             const struct lin *lk, const struct lin *lv, const struct vec *nq,
-             const struct vec *nk, bool norms);
+             const struct lin *lk, const struct lin *lv, const struct vec *nq, const struct vec *nk,
+             bool norms);
 /* x += gate * fc2(gelu_tanh(fc1(h))). */
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
-             const struct lin *fc1, const struct lin *fc2, const struct tensor *gate);
+             const struct lin *fc1, const struct lin *fc2, const struct tensor *gate,
+             const struct dit_module_hook *hk, int id);
 
 #endif
