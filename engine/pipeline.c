@@ -15,6 +15,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/xalloc.h"
+#include "engine/cache.h"
 #include "engine/json_util.h"
 #include "engine/rng.h"
 #include "engine/schedule.h"
@@ -23,10 +24,9 @@
 #include "engine/vae.h"
 #include "kernels/ops.h"
 
-
-static const char *const comp_names[] = {"tokenizer",      "tokenizer_2",    "tokenizer_3",
-                                         "text_encoder",   "text_encoder_2", "text_encoder_3",
-                                         "transformer",    "vae"};
+static const char *const comp_names[] = {
+    "tokenizer",      "tokenizer_2",    "tokenizer_3", "text_encoder",
+    "text_encoder_2", "text_encoder_3", "transformer", "vae"};
 
 double ms_since(double t0) { return (clock_sec() - t0) * 1e3; }
 
@@ -94,8 +94,9 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
             goto fail;
         }
         if (!p->has[req[i]]) {
-            rc = err_set(em, ERR_NOTFOUND, "%s: component \"%s\" is missing (model_index.json "
-                                           "or its folder)",
+            rc = err_set(em, ERR_NOTFOUND,
+                         "%s: component \"%s\" is missing (model_index.json "
+                         "or its folder)",
                          model_dir, comp_names[req[i]]);
             goto fail;
         }
@@ -114,8 +115,8 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
                      model_dir);
         goto fail;
     }
-    p->max_seq = o->max_sequence_length > 0 ? o->max_sequence_length
-                                            : (p->fam == PIPE_SD3 ? 256 : 512);
+    p->max_seq =
+        o->max_sequence_length > 0 ? o->max_sequence_length : (p->fam == PIPE_SD3 ? 256 : 512);
     json_decref(idx);
     *out = p;
     return ERR_OK;
@@ -221,8 +222,8 @@ static int tokenize(struct pipeline *p, int which, const char *const *texts, int
                     int32_t *ids, struct err_msg *em)
 {
     for (int s = 0; s < nseq; s++) {
-        int rc = tok_encode(p->tok[which], texts[s], strlen(texts[s]), len, ids + (size_t)s * len,
-                            NULL);
+        int rc =
+            tok_encode(p->tok[which], texts[s], strlen(texts[s]), len, ids + (size_t)s * len, NULL);
         if (rc)
             return err_set(em, rc, "tokenizer %s failed", comp_names[C_TOK1 + which]);
     }
@@ -284,8 +285,9 @@ static int encode(struct pipeline *p, const char *const *texts, int nseq, struct
             pcol += cc->projection_dim;
         } else {
             if (cc->hidden != dc->pooled_projection_dim) {
-                rc = err_set(em, ERR_MISMATCH, "%s: CLIP width %d is not the transformer's "
-                                               "pooled width %d",
+                rc = err_set(em, ERR_MISMATCH,
+                             "%s: CLIP width %d is not the transformer's "
+                             "pooled width %d",
                              p->comp[C_TE1 + i], cc->hidden, dc->pooled_projection_dim);
                 goto done;
             }
@@ -340,7 +342,7 @@ done:
 /* -------------------------------------------------------------- denoising */
 
 void probe(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
-                  const struct tensor *t)
+           const struct tensor *t)
 {
     if (h && h->probe)
         h->probe(h->ctx, be, name, idx, t);
@@ -355,7 +357,7 @@ bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total
 
 /* Latents in the reference layout (SD3 NCHW, FLUX packed) for a probe. */
 void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
-                          const struct tensor *x, const struct tensor *nchw)
+                   const struct tensor *x, const struct tensor *nchw)
 {
     if (!h || !h->probe)
         return;
@@ -405,6 +407,8 @@ int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const flo
     float tsv[128], gv[128];
     int rc;
     RALUD_ASSERT(B <= 128);
+    if (d->cache)
+        cache_reset(d->cache, nsteps);
     for (int k = 0; k < nsteps; k++) {
         double ts0 = clock_sec();
         for (int b = 0; b < B; b++) {
@@ -416,14 +420,35 @@ int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const flo
             op_copy(be, &lo, x);
             op_copy(be, &hi, x);
         }
-        struct dit_inputs in = {.b = B, .n = N, .t = d->T, .x = d->cfg ? &xin : x, .pos = &pos,
-                                .txt = d->txt, .txt_ids = NULL, .pooled = d->pooled,
+        struct dit_inputs in = {.b = B,
+                                .n = N,
+                                .t = d->T,
+                                .x = d->cfg ? &xin : x,
+                                .pos = &pos,
+                                .txt = d->txt,
+                                .txt_ids = NULL,
+                                .pooled = d->pooled,
                                 .timestep = tsv,
                                 .guidance = (!sd3 && dc->guidance_embeds) ? gv : NULL};
-        if ((rc = dit_forward(p->dit, d->dw, &in, d->cfg ? &v2 : &v)))
-            return rc;
+        if (d->cache) {
+            struct cache_step cs;
+            if ((rc = cache_forward(d->cache, d->dw, &in, k, d->cfg ? &v2 : &v, &cs)))
+                return rc;
+            d->out->flops += cs.flops;
+            if (cs.hit && d->out->t.n_steps < GEN_MAX_STEPS)
+                d->out->cache_step_hit[d->out->t.n_steps] = true;
+            if (cs.hit)
+                d->out->cache_hits[d->stage]++;
+            else
+                d->out->cache_computed[d->stage]++;
+            LOG_DEBUG("stage=%d step=%d/%d cache=%s rel=%.6g acc=%.6g", d->stage, k, nsteps,
+                      cs.hit ? "hit" : "computed", cs.rel, cs.acc);
+        } else {
+            if ((rc = dit_forward(p->dit, d->dw, &in, d->cfg ? &v2 : &v)))
+                return rc;
+            d->out->flops += dit_flops(dc, B, N, d->T);
+        }
         d->out->nfe += B;
-        d->out->flops += dit_flops(dc, B, N, d->T);
         if (d->cfg) {
             struct tensor vn = tensor_slice(&v2, 0, 0, n), vp = tensor_slice(&v2, 0, n, n);
             op_cfg(be, &v, &vn, &vp, d->cfg_scale);
@@ -450,6 +475,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     struct bufs bu = {.be = be};
     struct cond cond;
     struct dit_work *dw = NULL;
+    struct cache *cache = NULL;
     struct vae_work *vw = NULL;
     struct schedule sch;
     float *host = NULL;
@@ -471,6 +497,9 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         return err_set(em, ERR_INVAL, "steps must be 1..%d", GEN_MAX_STEPS);
     if (r->seed > RNG_SEED_MAX)
         return err_set(em, ERR_INVAL, "seed must be at most 2^53-1");
+    bool use_cache = r->cache && r->cache->method != CACHE_NONE;
+    if (use_cache && (rc = cache_params_check(r->cache, em)))
+        return rc;
 
     /* 1. prompts */
     bool cfg = sd3 ? r->guidance > 1.0f : (r->true_cfg > 1.0f && r->negative_prompt);
@@ -526,8 +555,8 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
             op_patchify(be, &x, &noise, ph);
     } else {
         for (int i = 0; i < n; i++) /* image i: its own seed, NCHW element order */
-            rng_normal(r->seed + (uint64_t)i, RNG_STREAM_LATENTS, 0,
-                       host + (size_t)i * C * lh * lw, (int64_t)C * lh * lw);
+            rng_normal(r->seed + (uint64_t)i, RNG_STREAM_LATENTS, 0, host + (size_t)i * C * lh * lw,
+                       (int64_t)C * lh * lw);
         if ((rc = op_upload(be, noise.data, host, (size_t)n * C * lh * lw * 4)))
             goto done;
         op_patchify(be, &x, &noise, ph); /* FLUX packing is the same (c, dy, dx) order */
@@ -536,7 +565,8 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     for (int b = 0; b < B; b++) {
         int src = cfg ? (b < n ? 0 : 1) : 0;
         struct tensor dt = tensor_slice(&txt, 0, b, 1), st = tensor_slice(&cond.ctx, 0, src, 1);
-        struct tensor dp = tensor_slice(&pooled, 0, b, 1), sp = tensor_slice(&cond.pooled, 0, src, 1);
+        struct tensor dp = tensor_slice(&pooled, 0, b, 1),
+                      sp = tensor_slice(&cond.pooled, 0, src, 1);
         op_copy(be, &dt, &st);
         op_copy(be, &dp, &sp);
     }
@@ -549,9 +579,25 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         err_set(em, rc, "cannot allocate transformer work buffers");
         goto done;
     }
-    struct denoise_ctx d = {.p = p, .h = h, .out = out, .dw = dw, .cfg = cfg, .n = n, .B = B,
-                            .T = T, .tokw = tokw, .txt = &txt, .pooled = &pooled, .xin = &xin,
-                            .v2 = &v2, .v = &v, .pos = &pos, .guidance = r->guidance,
+    if (use_cache && (rc = cache_new(&cache, p->dit, r->cache, B, N, T, em)))
+        goto done;
+    struct denoise_ctx d = {.cache = cache,
+                            .p = p,
+                            .h = h,
+                            .out = out,
+                            .dw = dw,
+                            .cfg = cfg,
+                            .n = n,
+                            .B = B,
+                            .T = T,
+                            .tokw = tokw,
+                            .txt = &txt,
+                            .pooled = &pooled,
+                            .xin = &xin,
+                            .v2 = &v2,
+                            .v = &v,
+                            .pos = &pos,
+                            .guidance = r->guidance,
                             .cfg_scale = sd3 ? r->guidance : r->true_cfg};
     if (r->ralu) {
         rc = pipeline_ralu(&d, r, &x, &noise, host, em);
@@ -570,6 +616,8 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         goto done;
     out->t.denoise_ms = ms_since(t0);
     probe_latents(p, h, "latents_out", 0, &x, &nchw);
+    cache_free(cache);
+    cache = NULL;
     dit_work_free(dw);
     dw = NULL;
     if (!p->o.keep_loaded)
@@ -622,6 +670,7 @@ done:
     if (rc && em && !em->text[0])
         err_set(em, rc, "generation failed: %s", err_str(rc));
     vae_work_free(vw);
+    cache_free(cache);
     dit_work_free(dw);
     pipeline_bfree(&bu);
     free(host);
