@@ -210,6 +210,47 @@ int cli_generate(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    struct cache_params cp;
+    if (cache_method) {
+        enum cache_method cm;
+        if (cache_method_parse(cache_method, &cm)) {
+            fprintf(stderr,
+                    "ralu generate: --cache must be teacache, fbcache, taylorseer or none, "
+                    "got \"%s\"\n",
+                    cache_method);
+            return 2;
+        }
+        cache_params_default(&cp, cm);
+        if (!isnan(cache_thr))
+            cp.threshold = cache_thr;
+        if (cache_int[0] >= 0)
+            cp.warmup = (int)cache_int[0];
+        if (cache_int[1] >= 0)
+            cp.interval = (int)cache_int[1];
+        if (cache_int[2] >= 0)
+            cp.order = (int)cache_int[2];
+        if (cache_int[3] >= 0)
+            cp.max_skip = (int)cache_int[3];
+        if (cache_coeffs) {
+            double *k = cp.coeffs;
+            if (sscanf(cache_coeffs, "%lf,%lf,%lf,%lf,%lf", &k[0], &k[1], &k[2], &k[3], &k[4]) !=
+                5) {
+                fprintf(stderr, "ralu generate: --cache-coeffs needs 5 comma-separated numbers\n");
+                return 2;
+            }
+            cp.n_coeffs = 5;
+        }
+        struct err_msg cem = {{0}};
+        if (cache_params_check(&cp, &cem)) {
+            fprintf(stderr, "ralu generate: %s\n", cem.text);
+            return 2;
+        }
+        r.cache = &cp;
+    } else if (!isnan(cache_thr) || cache_coeffs || cache_int[0] >= 0 || cache_int[1] >= 0 ||
+               cache_int[2] >= 0 || cache_int[3] >= 0) {
+        fprintf(stderr, "ralu generate: --cache-* options need --cache METHOD\n");
+        return 2;
+    }
     if (r.width % 16 || r.height % 16) { /* before any model is read */
         fprintf(stderr, "ralu generate: --width and --height must be multiples of 16, got %dx%d\n",
                 r.width ? r.width : 1024, r.height ? r.height : 1024);
@@ -271,49 +312,6 @@ int cli_generate(int argc, char **argv)
     }
     if (r.ralu)
         r.steps = r.ralu->N[0] + r.ralu->N[1] + r.ralu->N[2];
-    struct cache_params cp;
-    if (cache_method) {
-        enum cache_method cm;
-        if (cache_method_parse(cache_method, &cm)) {
-            fprintf(stderr,
-                    "ralu generate: --cache must be teacache, fbcache, taylorseer or none, "
-                    "got \"%s\"\n",
-                    cache_method);
-            rc = ERR_INVAL;
-            goto done;
-        }
-        cache_params_default(&cp, cm);
-        if (!isnan(cache_thr))
-            cp.threshold = cache_thr;
-        if (cache_int[0] >= 0)
-            cp.warmup = (int)cache_int[0];
-        if (cache_int[1] >= 0)
-            cp.interval = (int)cache_int[1];
-        if (cache_int[2] >= 0)
-            cp.order = (int)cache_int[2];
-        if (cache_int[3] >= 0)
-            cp.max_skip = (int)cache_int[3];
-        if (cache_coeffs) {
-            double *k = cp.coeffs;
-            if (sscanf(cache_coeffs, "%lf,%lf,%lf,%lf,%lf", &k[0], &k[1], &k[2], &k[3], &k[4]) !=
-                5) {
-                fprintf(stderr, "ralu generate: --cache-coeffs needs 5 comma-separated numbers\n");
-                rc = ERR_INVAL;
-                goto done;
-            }
-            cp.n_coeffs = 5;
-        }
-        if ((rc = cache_params_check(&cp, &em))) {
-            fprintf(stderr, "ralu generate: %s\n", em.text);
-            goto done;
-        }
-        r.cache = &cp;
-    } else if (!isnan(cache_thr) || cache_coeffs || cache_int[0] >= 0 || cache_int[1] >= 0 ||
-               cache_int[2] >= 0 || cache_int[3] >= 0) {
-        fprintf(stderr, "ralu generate: --cache-* options need --cache METHOD\n");
-        rc = ERR_INVAL;
-        goto done;
-    }
     rc = pipeline_plan(p, &r, plan, sizeof plan, &em);
     fputs(plan, stderr);
     if (rc) {
