@@ -129,11 +129,10 @@ static int64_t rows_of(const struct cache *c, enum dit_rows r)
 }
 
 /* Floats per method, in the order cache_new allocates them. */
-static int64_t plan_floats(const struct dit *m, const struct cache_params *cp, int max_b, int max_n,
-                           int max_t, int *n_mods_out)
+static int64_t plan_floats(const struct dit_config *dc, const struct cache_params *cp, int max_b,
+                           int max_n, int max_t, int *n_mods_out)
 {
-    int64_t d = dit_cfg(m)->hidden, bn = (int64_t)max_b * max_n * d,
-            bt = (int64_t)max_b * max_t * d;
+    int64_t d = dc->hidden, bn = (int64_t)max_b * max_n * d, bt = (int64_t)max_b * max_t * d;
     int64_t f = 2;
     int n_mods = 0;
     switch (cp->method) {
@@ -144,9 +143,9 @@ static int64_t plan_floats(const struct dit *m, const struct cache_params *cp, i
         f += 4 * bn + 2 * bt;
         break;
     case CACHE_TAYLORSEER:
-        n_mods = DIT_MODS_PER_BLOCK * dit_num_blocks(m);
+        n_mods = DIT_MODS_PER_BLOCK * dit_num_blocks(dc);
         for (int id = 0; id < n_mods; id++) {
-            enum dit_rows r = dit_module_rows(m, id);
+            enum dit_rows r = dit_module_rows(dc, id);
             int64_t rows = r == DIT_ROWS_IMG ? max_n : r == DIT_ROWS_TXT ? max_t : max_n + max_t;
             if (r != DIT_ROWS_NONE)
                 f += (cp->order + 1) * (int64_t)max_b * rows * d;
@@ -161,10 +160,12 @@ static int64_t plan_floats(const struct dit *m, const struct cache_params *cp, i
     return f;
 }
 
-size_t cache_estimate(const struct dit *m, const struct cache_params *cp, int max_b, int max_n,
-                      int max_t)
+size_t cache_estimate(const struct dit_config *dc, const struct cache_params *cp, int max_b,
+                      int max_n, int max_t)
 {
-    return (size_t)plan_floats(m, cp, max_b, max_n, max_t, NULL) * 4;
+    if (!cp || cp->method == CACHE_NONE)
+        return 0;
+    return (size_t)plan_floats(dc, cp, max_b, max_n, max_t, NULL) * 4;
 }
 
 static int buf(struct cache *c, struct tensor *t, int64_t n)
@@ -227,11 +228,11 @@ int cache_new(struct cache **out, struct dit *m, const struct cache_params *cp, 
             goto fail;
         break;
     case CACHE_TAYLORSEER:
-        c->n_mods = DIT_MODS_PER_BLOCK * dit_num_blocks(m);
+        c->n_mods = DIT_MODS_PER_BLOCK * dit_num_blocks(dc);
         c->mods = xcalloc((size_t)c->n_mods, sizeof *c->mods);
         for (int id = 0; id < c->n_mods; id++) {
             struct taylor_mod *tm = &c->mods[id];
-            tm->rows = dit_module_rows(m, id);
+            tm->rows = dit_module_rows(dc, id);
             if (tm->rows == DIT_ROWS_NONE)
                 continue;
             for (int i = 0; i <= cp->order; i++)
@@ -244,6 +245,7 @@ int cache_new(struct cache **out, struct dit *m, const struct cache_params *cp, 
     default:
         break;
     }
+    RALUD_ASSERT(c->bytes == cache_estimate(dc, cp, max_b, max_n, max_t));
     cache_reset(c, 0);
     *out = c;
     return ERR_OK;
@@ -322,7 +324,7 @@ static int teacache_step(struct cache *c, struct dit_work *w, const struct dit_i
                          struct tensor *out, struct cache_step *st)
 {
     const struct dit_config *dc = dit_cfg(c->m);
-    int b = in->b, n = in->n, t = in->t, L = dit_num_blocks(c->m);
+    int b = in->b, n = in->n, t = in->t, L = dit_num_blocks(dit_cfg(c->m));
     struct tensor cur = view3(&c->mod_cur, b, n, c->d), prev = view3(&c->mod_prev, b, n, c->d);
     struct tensor img = dit_stream_img(w, in);
     bool compute = true;
@@ -371,7 +373,7 @@ static int fbcache_step(struct cache *c, struct dit_work *w, const struct dit_in
                         struct tensor *out, struct cache_step *st)
 {
     const struct dit_config *dc = dit_cfg(c->m);
-    int b = in->b, n = in->n, t = in->t, L = dit_num_blocks(c->m);
+    int b = in->b, n = in->n, t = in->t, L = dit_num_blocks(dit_cfg(c->m));
     struct tensor img = dit_stream_img(w, in), txt = dit_stream_txt(w, in);
     struct tensor h0 = view3(&c->h_in, b, n, c->d), ht = view3(&c->h_txt, b, t, c->d);
     struct tensor r1 = view3(&c->r1_cur, b, n, c->d), r1p = view3(&c->r1_prev, b, n, c->d);
@@ -463,7 +465,7 @@ static int taylor_step(struct cache *c, struct dit_work *w, const struct dit_inp
                        struct tensor *out, struct cache_step *st)
 {
     const struct dit_config *dc = dit_cfg(c->m);
-    int L = dit_num_blocks(c->m);
+    int L = dit_num_blocks(dit_cfg(c->m));
     bool full = k < c->p.warmup || c->counter >= c->p.interval - 1 || c->n_full == 0;
     struct dit_module_hook hk = {.fn = taylor_hook, .ctx = c, .forecast = !full};
 

@@ -68,9 +68,9 @@ int cache_new(struct cache **out, struct dit *m, const struct cache_params *cp, 
               int max_n, int max_t, struct err_msg *em);
 void cache_free(struct cache *c);
 size_t cache_bytes(const struct cache *c);
-/* Bytes cache_new would allocate (memory plans). */
-size_t cache_estimate(const struct dit *m, const struct cache_params *cp, int max_b, int max_n,
-                      int max_t);
+/* Bytes cache_new would allocate (memory plans); 0 for NULL / CACHE_NONE. */
+size_t cache_estimate(const struct dit_config *cfg, const struct cache_params *cp, int max_b,
+                      int max_n, int max_t);
 
 /* Start a run of num_steps steps: forget every cached tensor and counter. */
 void cache_reset(struct cache *c, int num_steps);

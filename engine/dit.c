@@ -645,9 +645,9 @@ static int check_shape(const struct dit_work *w, const struct dit_inputs *in)
     return ERR_OK;
 }
 
-int dit_num_blocks(const struct dit *m)
+int dit_num_blocks(const struct dit_config *c)
 {
-    return m->cfg.num_layers + (m->cfg.family == DIT_FLUX ? m->cfg.num_single_layers : 0);
+    return c->num_layers + (c->family == DIT_FLUX ? c->num_single_layers : 0);
 }
 
 int dit_stage_embed(struct dit *m, struct dit_work *w, const struct dit_inputs *in)
@@ -665,7 +665,7 @@ int dit_stage_embed(struct dit *m, struct dit_work *w, const struct dit_inputs *
 void dit_stage_blocks(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
                       int last, const struct dit_module_hook *hk)
 {
-    RALUD_ASSERT(first >= 0 && first <= last && last <= dit_num_blocks(m));
+    RALUD_ASSERT(first >= 0 && first <= last && last <= dit_num_blocks(&m->cfg));
     if (m->cfg.family == DIT_SD3)
         dit_blocks_sd3(m, w, in, first, last, hk);
     else
@@ -707,15 +707,15 @@ void dit_first_modulated(struct dit *m, struct dit_work *w, const struct dit_inp
     op_modulate(m->be, out, out, &sh, &sc);
 }
 
-enum dit_rows dit_module_rows(const struct dit *m, int id)
+enum dit_rows dit_module_rows(const struct dit_config *c, int id)
 {
-    const struct dit_config *c = &m->cfg;
     int blk = id / DIT_MODS_PER_BLOCK, k = id % DIT_MODS_PER_BLOCK;
-    if (id < 0 || blk >= dit_num_blocks(m))
+    if (id < 0 || blk >= dit_num_blocks(c))
         return DIT_ROWS_NONE;
     if (blk >= c->num_layers) /* FLUX single block */
         return k == DIT_MOD_ALL ? DIT_ROWS_ALL : DIT_ROWS_NONE;
-    bool pre = m->blocks[blk].ctx_pre_only;
+    /* SD3's last block is context-pre-only: no text outputs. */
+    bool pre = c->family == DIT_SD3 && blk == c->num_layers - 1;
     switch (k) {
     case DIT_MOD_IMG_ATTN:
     case DIT_MOD_IMG_MLP:
@@ -724,7 +724,7 @@ enum dit_rows dit_module_rows(const struct dit *m, int id)
     case DIT_MOD_TXT_MLP:
         return pre ? DIT_ROWS_NONE : DIT_ROWS_TXT;
     case DIT_MOD_IMG_ATTN2:
-        return m->blocks[blk].dual ? DIT_ROWS_IMG : DIT_ROWS_NONE;
+        return c->family == DIT_SD3 && c->dual_attention[blk] ? DIT_ROWS_IMG : DIT_ROWS_NONE;
     default:
         return DIT_ROWS_NONE;
     }
@@ -735,7 +735,7 @@ int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, 
     int rc = dit_stage_embed(m, w, in);
     if (rc)
         return rc;
-    dit_stage_blocks(m, w, in, 0, dit_num_blocks(m), NULL);
+    dit_stage_blocks(m, w, in, 0, dit_num_blocks(&m->cfg), NULL);
     return dit_stage_final(m, w, in, out);
 }
 

@@ -108,7 +108,7 @@ int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, 
  * work buffers, valid for the current shape until the next forward). Blocks
  * are numbered SD3 joint blocks / FLUX double blocks first, then FLUX single
  * blocks (which run on text and image rows together). No stage allocates. */
-int dit_num_blocks(const struct dit *m);
+int dit_num_blocks(const struct dit_config *cfg);
 int dit_stage_embed(struct dit *m, struct dit_work *w, const struct dit_inputs *in);
 /* Module outputs for forecasting caches (TaylorSeer): the pre-gate output
  * of every attention output projection and MLP (per stream) and of every
@@ -134,7 +134,7 @@ struct dit_module_hook {
     bool forecast;
     void *ctx;
 };
-enum dit_rows dit_module_rows(const struct dit *m, int id);
+enum dit_rows dit_module_rows(const struct dit_config *cfg, int id);
 /* Blocks [first, last); hk NULL runs them plainly. */
 void dit_stage_blocks(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
                       int last, const struct dit_module_hook *hk);

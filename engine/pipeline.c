@@ -760,7 +760,8 @@ int pipeline_plan(struct pipeline *p, const struct gen_request *r, char *buf, si
         te_a = st[i].act > te_a ? st[i].act : te_a;
     }
     size_t dit_w = dir_weight_bytes(p->comp[C_DIT]);
-    size_t dit_a = dit_work_estimate(&p->dcfg, B, N, T);
+    size_t dit_a =
+        dit_work_estimate(&p->dcfg, B, N, T) + cache_estimate(&p->dcfg, r->cache, B, N, T);
     size_t vae_w = dir_weight_bytes(p->comp[C_VAE]);
     size_t vae_a = (size_t)imgs * r->width * r->height * 4 * 128 * 3;
     req = (size_t)B * T * p->dcfg.joint_attention_dim * 4 * 2 + (size_t)B * N * 64 * 4 * 6;

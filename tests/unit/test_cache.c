@@ -326,6 +326,40 @@ START_TEST(test_cache_flops_count_only_the_blocks_that_ran)
 }
 END_TEST
 
+/* TaylorSeer's forecast path on SD3.5 (dual-attention block 0, pre-only
+ * last block: modules of every kind), with CFG: the static schedule
+ * decides, and the forecast output stays finite. */
+START_TEST(test_cache_taylorseer_forecasts_every_sd35_module_kind)
+{
+    struct gen_request r = {.prompt = "a photo of a cat",
+                            .width = 64,
+                            .height = 64,
+                            .steps = 9,
+                            .n = 1,
+                            .guidance = 5.0f,
+                            .true_cfg = 1.0f,
+                            .seed = 2};
+    struct cache_params cp;
+    struct gen_output out;
+    size_t n;
+    cache_params_default(&cp, CACHE_TAYLORSEER);
+    cp.warmup = 2;
+    cp.interval = 3;
+    cp.order = 2;
+    r.cache = &cp;
+    float *lat = generate(MODELS "/tiny-sd35", &r, &out, &n);
+    /* full at 0 and 1 (warmup), then after every interval - 1 = 2
+     * forecasts: 4, 7 */
+    const char *pat = "001101101";
+    for (int k = 0; k < 9; k++)
+        ck_assert_msg(out.cache_step_hit[k] == (pat[k] == '1'), "step %d", k);
+    ck_assert_int_eq(out.cache_hits[0], 5);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(isfinite(lat[i]), "latent %zu is %g", i, (double)lat[i]);
+    free(lat);
+}
+END_TEST
+
 /* ------------------------------------------------------------ params */
 
 START_TEST(test_cache_params_check_rejects_out_of_range_values)
@@ -374,6 +408,7 @@ static Suite *cache_suite(void)
     tcase_add_test(identity, test_cache_threshold_0_is_bit_identical_to_no_cache_sd3_cfg);
     tcase_add_test(ralu, test_cache_ralu_resets_the_cache_at_every_stage);
     tcase_add_test(ralu, test_cache_flops_count_only_the_blocks_that_ran);
+    tcase_add_test(ralu, test_cache_taylorseer_forecasts_every_sd35_module_kind);
     tcase_add_test(params, test_cache_params_check_rejects_out_of_range_values);
     return s;
 }
