@@ -74,7 +74,8 @@ struct gen_output {
     int n, width, height;
     float *rgb; /* host [n, H, W, 3] in [0, 1] */
     struct gen_timings t;
-    int nfe;          /* transformer forwards (a CFG pair counts 2) */
+    int nfe;          /* transformer forwards (a CFG pair counts 2); cache hits count too:
+                       * their embeddings and final layer run (flops: what ran) */
     double flops;     /* transformer FLOPs, from dit_flops */
     double vae_flops; /* VAE decodes (final, and RALU's edge decode) */
     /* Feature caching, per stage (index 0 without RALU): denoise steps whose
