@@ -35,7 +35,9 @@ static struct backend *g_be;
 
 static void setup(void)
 {
-    struct backend_opts o = {.n_threads = 2};
+    /* strict: activation memory is PROT_NONE outside ops, so the cache is
+     * proven to touch it only through ops and transfers */
+    struct backend_opts o = {.n_threads = 2, .strict = true};
     ck_assert_int_eq(backend_new(&g_be, "cpu", &o), ERR_OK);
 }
 
