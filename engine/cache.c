@@ -9,6 +9,8 @@
  *    consecutive skips force a compute;
  *  - a skip or a forecast needs a cached tensor of the current run: the
  *    first step after cache_reset is always computed;
+ *  - FBCache adds the cached text residual on a hit as B.2 says, although
+ *    nothing after the last block reads the text stream (one cheap add);
  *  - TaylorSeer: full steps are the first `warmup` (first_enhance) steps,
  *    then every `interval`-th step (a counter that forces a full step after
  *    interval-1 forecasts); derivatives D_{i+1} = (D_i - D_i_prev) / d are
