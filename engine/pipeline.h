@@ -40,12 +40,12 @@ struct gen_request {
     const char *prompt;
     const char *negative_prompt; /* NULL = "" */
     int width, height, steps, n;
-    float guidance;   /* SD3: CFG scale; FLUX: distilled guidance */
-    float true_cfg;   /* FLUX: > 1 with a negative prompt runs real CFG */
-    uint64_t seed;    /* <= 2^53-1; image i uses seed + i */
-    const float *init_latents; /* NULL, or host noise in the reference layout
-                                * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
-    const struct ralu_params *ralu; /* NULL: standard sampler; else RALU */
+    float guidance;                   /* SD3: CFG scale; FLUX: distilled guidance */
+    float true_cfg;                   /* FLUX: > 1 with a negative prompt runs real CFG */
+    uint64_t seed;                    /* <= 2^53-1; image i uses seed + i */
+    const float *init_latents;        /* NULL, or host noise in the reference layout
+                                       * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
+    const struct ralu_params *ralu;   /* NULL: standard sampler; else RALU */
     const struct cache_params *cache; /* NULL or CACHE_NONE: every step computed */
     /* Test injection of RALU's draws (n == 1): re-noising noise for the two
      * transitions in their token layouts and the raw tie-break normals;
@@ -64,23 +64,27 @@ struct gen_timings {
     double vae_ms;
     double total_ms;
     /* RALU only */
-    double stage_ms[3];   /* denoising per stage */
+    double stage_ms[3];    /* denoising per stage */
     double edge_decode_ms; /* low-resolution VAE decode of the x0 estimate */
-    double canny_ms;      /* gray + Canny + scores + top-K */
-    double renoise_ms;    /* both transitions: expand, gather, re-noise, sort */
+    double canny_ms;       /* gray + Canny + scores + top-K */
+    double renoise_ms;     /* both transitions: expand, gather, re-noise, sort */
 };
 
 struct gen_output {
     int n, width, height;
-    float *rgb;     /* host [n, H, W, 3] in [0, 1] */
+    float *rgb; /* host [n, H, W, 3] in [0, 1] */
     struct gen_timings t;
-    int nfe;        /* transformer forwards (a CFG pair counts 2) */
-    double flops;   /* transformer FLOPs, from dit_flops */
+    int nfe;          /* transformer forwards (a CFG pair counts 2); cache hits count too:
+                       * their embeddings and final layer run (flops: what ran) */
+    double flops;     /* transformer FLOPs, from dit_flops */
     double vae_flops; /* VAE decodes (final, and RALU's edge decode) */
     /* Feature caching, per stage (index 0 without RALU): denoise steps whose
      * transformer was skipped or forecast, and steps fully computed. */
     int cache_hits[3];
     int cache_computed[3];
+    /* Per denoise step in run order (all stages, as t.step_ms): true when
+     * the cache skipped or forecast that step. */
+    bool cache_step_hit[GEN_MAX_STEPS];
 };
 
 /* Called after each stage and denoise step; return nonzero to cancel. */
@@ -160,8 +164,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
  * Probes see whole-batch tensors (images in request order), except the
  * prompt embeddings, probed per request with index = request index. */
 int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const *reqs, int nreq,
-                            const struct gen_hooks *h, struct gen_output *outs,
-                            struct err_msg *em);
+                            const struct gen_hooks *h, struct gen_output *outs, struct err_msg *em);
 void gen_output_free(struct gen_output *o);
 
 #endif

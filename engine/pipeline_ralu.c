@@ -79,7 +79,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     struct tensor lownchw, x0, z, img, gray, edges, scores, tieb, noise;
     if (!p->vae && (rc = vae_open(&p->vae, be, p->comp[C_VAE], em)))
         return rc;
-    int vs = vae_scale(vae_cfg(p->vae)); /* pixels per latent pixel */
+    int vs = vae_scale(vae_cfg(p->vae));    /* pixels per latent pixel */
     int ih = lh * 2 * vs, iw = lw * 2 * vs; /* edge-decode image size (H/2, W/2) */
     if ((rc = pipeline_balloc(&bu, &x1, 3, (int64_t[]){n, Md, tokw})) ||
         (rc = pipeline_balloc(&bu, &x2, 3, (int64_t[]){n, T2, tokw})) ||
@@ -107,8 +107,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             int nd;
             int64_t ne[3];
         } it[] = {
-            {&idx2, DTYPE_I32, 2, {n, T2}}, {&idx3, DTYPE_I32, 2, {n, M}},
-            {&dest3, DTYPE_I32, 2, {n, M}}, {&perm, DTYPE_I32, 2, {n, Md}},
+            {&idx2, DTYPE_I32, 2, {n, T2}},    {&idx3, DTYPE_I32, 2, {n, M}},
+            {&dest3, DTYPE_I32, 2, {n, M}},    {&perm, DTYPE_I32, 2, {n, Md}},
             {&gray, DTYPE_U8, 3, {n, ih, iw}}, {&edges, DTYPE_U8, 3, {n, ih, iw}},
         };
         for (size_t i = 0; i < sizeof it / sizeof *it; i++) {
@@ -154,6 +154,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     probe(h, be, "stage1_latents_start", 0, &x1);
     probe_host(h, be, "stage1_timesteps", 0, rs.ts[0], rs.n[0] + 1);
     fill_pos(d, &pos1, Md, P);
+    d->stage = 0;
     if ((rc = pipeline_run_steps(d, &x1, Md, rs.ts[0], rs.ts[0], rs.n[0], 1e-3f,
                                  "stage1_step_latents", NULL)))
         goto done;
@@ -205,9 +206,15 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     /* expand: selected tokens -> 4 children at half steps; re-noise */
     t0 = clock_sec();
     {
-        struct ralu_expand_args ea = {.idx_out = &idx2, .gid_out = &gid2, .pos_out = &pos2,
-                                      .order = &perm, .gid_in = &gid1, .n_single = Md - K,
-                                      .n_rep = K, .scale = 1.0f, .row_dim = row_dim};
+        struct ralu_expand_args ea = {.idx_out = &idx2,
+                                      .gid_out = &gid2,
+                                      .pos_out = &pos2,
+                                      .order = &perm,
+                                      .gid_in = &gid1,
+                                      .n_single = Md - K,
+                                      .n_rep = K,
+                                      .scale = 1.0f,
+                                      .row_dim = row_dim};
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
         probe(h, be, "stage2_pos", 0, &pos2);
@@ -220,8 +227,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise2 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
             else
-                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K,
-                                K, false, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
+                                false, tokw, rs.c);
         }
         struct tensor nz = WVIEW3(&noise, n, T2, tokw);
         if ((rc = op_upload(be, nz.data, host, sizeof(float) * (size_t)n * T2 * tokw)))
@@ -239,6 +246,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     t0 = clock_sec();
     probe_host(h, be, "stage2_timesteps", 0, rs.ts[1], rs.n[1] + 1);
     fill_pos(d, &pos2, T2, P);
+    d->stage = 1;
     if ((rc = pipeline_run_steps(d, &x2, T2, rs.ts[1], rs.ts[1], rs.n[1], 1e-3f,
                                  "stage2_step_latents", NULL)))
         goto done;
@@ -247,9 +255,15 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     /* ---- transition 2: the rest to full resolution, ids x2, sort ---- */
     t0 = clock_sec();
     {
-        struct ralu_expand_args ea = {.idx_out = &idx3, .gid_out = &gid3, .dest_out = &dest3,
-                                      .gid_in = &gid2, .n_single = 4 * K, .n_rep = Md - K,
-                                      .rep_first = true, .scale = 2.0f, .row_dim = row_dim,
+        struct ralu_expand_args ea = {.idx_out = &idx3,
+                                      .gid_out = &gid3,
+                                      .dest_out = &dest3,
+                                      .gid_in = &gid2,
+                                      .n_single = 4 * K,
+                                      .n_rep = Md - K,
+                                      .rep_first = true,
+                                      .scale = 2.0f,
+                                      .row_dim = row_dim,
                                       .grid_w = tw};
         op_ralu_expand(be, &ea);
         op_gather_rows(be, &x3u, &x2, &idx3);
@@ -282,8 +296,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     probe(h, be, "stage3_pos", 0, &pos3);
     probe_host(h, be, "stage3_timesteps", 0, rs.ts[2], rs.n[2] + 1);
     fill_pos(d, &pos3, M, P);
-    if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f,
-                                 "stage3_step_latents", NULL)))
+    d->stage = 2;
+    if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f, "stage3_step_latents",
+                                 NULL)))
         goto done;
     out->t.stage_ms[2] = ms_since(t0);
     rc = ERR_OK;

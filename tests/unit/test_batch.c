@@ -274,6 +274,11 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
     four_requests(q, 3.5f, 1.0f);
     q[1].cache = &cp;
     expect_rejected(&f, r, 4, (const char *const[]){"request 1", "cache", NULL});
+    /* the same cache on every request: a cache decides per batched forward,
+     * so the requests would not match their single runs */
+    four_requests(q, 3.5f, 1.0f);
+    q[0].cache = q[1].cache = q[2].cache = q[3].cache = &cp;
+    expect_rejected(&f, r, 4, (const char *const[]){"feature cache", "cannot be batched", NULL});
     /* FLUX true CFG needs a negative prompt: all requests or none */
     four_requests(q, 3.5f, 4.0f);
     q[2].negative_prompt = NULL;
