@@ -242,7 +242,8 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
     struct fix f;
     struct gen_request q[4];
     struct ralu_params rp;
-    struct cache_params cp = {.method = CACHE_TEACACHE, .threshold = 0.6f};
+    struct cache_params cp;
+    cache_params_default(&cp, CACHE_TEACACHE);
     fix_open(&f, MODELS "/tiny-flux", 5);
     ck_assert_int_eq(ralu_preset("7x", RALU_FAMILY_FLUX, &rp), 0);
     const struct gen_request *r[4] = {&q[0], &q[1], &q[2], &q[3]};
