@@ -259,9 +259,11 @@ cmd_build() {
     build_tree "$BUILD_DIR" Release || die "build failed in $BUILD_DIR/ (see the output above)"
 }
 
-# The model `run` serves when given no arguments: the tiny random-weight test model, so the
-# daemon starts anywhere in seconds. Its images are noise-like; it is for trying the API.
-DEFAULT_MODEL=tests/data/vectors/models/tiny-flux
+# The model `run` serves when given no arguments: ralu-tiny, the small trained default (FLUX
+# architecture, 128x128, simple coloured shapes; models/ralu-tiny/README.md), so the daemon
+# starts anywhere in seconds and draws what it is asked for. Its training size is the daemon's
+# largest (and so default) size.
+DEFAULT_MODEL=models/ralu-tiny
 
 cmd_run() {
     cmd_build
@@ -269,10 +271,12 @@ cmd_run() {
     [[ -x $bin ]] || die "the build succeeded but produced no $BUILD_DIR/server/ralud"
     if (($# == 0)); then
         [[ -f $DEFAULT_MODEL/model_index.json ]] || die "$DEFAULT_MODEL is missing"
-        say "no arguments: serving the tiny random-weight TEST model $DEFAULT_MODEL on" \
-            "127.0.0.1:8080 (its images are noise; the trained default model arrives in a later" \
-            "issue). Pass --model DIR to serve a real SD3/FLUX diffusers folder."
-        set -- --model "$DEFAULT_MODEL" --host 127.0.0.1 --port 8080
+        say "no arguments: serving the default model $DEFAULT_MODEL (ralu-tiny: 128x128" \
+            "images of one to three coloured shapes, e.g. \"a large red circle left of a small" \
+            "blue square on a white background\") on 127.0.0.1:8080. Pass --model DIR to serve a" \
+            "real SD3/FLUX diffusers folder."
+        set -- --model "$DEFAULT_MODEL" --host 127.0.0.1 --port 8080 --max_width 128 \
+            --max_height 128
     fi
     say "exec $BUILD_DIR/server/ralud $*"
     exec "$bin" "$@"
