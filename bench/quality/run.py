@@ -31,6 +31,7 @@ CONFIGS = [
     ("RALU 4x", ["--ralu", "4x"]),
     ("RALU 5x", ["--ralu", "5x"]),
     ("RALU 7x", ["--ralu", "7x"]),
+    ("28 steps + true CFG 3", ["--steps", "28", "--true-cfg", "3", "--negative", ""]),
 ]
 CACHE_CONFIGS = [  # used only when the CLI knows --cache (feature caching), default settings
     ("TeaCache", ["--steps", "28", "--cache", "teacache"]),
