@@ -68,6 +68,10 @@ void api_ctx_init(struct api_ctx *api, const struct config *cfg, struct metrics 
     api->m_jobs =
         metrics_counter(metrics, "ralud_jobs_total",
                         "Generation jobs finished, by result (done, failed, cancelled).", "result");
+    api->m_cancel = metrics_counter(metrics, "ralud_cancellations_total",
+                                    "Jobs cancelled on request, by reason (delete: DELETE "
+                                    "/v1/jobs/{id}; client_gone: the client disconnected).",
+                                    "reason");
     metrics_gauge_cb(metrics, "ralud_queue_depth", "Jobs waiting for a worker.", gauge_queue_depth,
                      api);
     metrics_gauge_cb(metrics, "ralud_inflight_jobs", "Jobs being run by a worker.", gauge_inflight,
@@ -87,6 +91,11 @@ void api_observe_request(struct api_ctx *api, const char *route, int status, dou
     snprintf(code, sizeof code, "%d", status);
     metrics_add(api->m_requests, code, 1);
     metrics_observe(api->m_duration, route ? route : "other", seconds);
+}
+
+void api_observe_cancel(struct api_ctx *api, const char *reason)
+{
+    metrics_add(api->m_cancel, reason, 1);
 }
 
 void api_observe_job(struct api_ctx *api, const struct job *job)

@@ -29,8 +29,7 @@ struct gen {
     const char *backend; /* build_info label: "cpu", "fake" */
     job_run_fn run;      /* NULL: no model configured, generation unavailable */
     void *run_ctx;       /* passed to run; owned by the implementation */
-    bool ralu;           /* request field ralu != "off" can be served */
-    bool cache;          /* request field cache can be served */
+    int family;          /* enum api_family of the model; set by gen_load */
     void *impl;          /* implementation state */
 };
 

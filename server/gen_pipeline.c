@@ -12,8 +12,10 @@
  * request gives the same bytes) and builds the body: the PNG itself, or the
  * JSON GenerateResponse of openapi.yaml with base64 PNGs.
  *
- * Not served yet: RALU and feature caching (gen->ralu and gen->cache are
- * false, so the api answers such requests 422 before queueing them). */
+ * RALU requests are turned into engine/ralu_sched.h parameters here, on the
+ * worker: presets by name, explicit stages through the NT-DM optimiser (tens
+ * of milliseconds, so its results are remembered per (N, e)). Feature-cache
+ * parameters are passed to the pipeline as the api parsed them. */
 #define LOG_MODULE "server.gen"
 #include "server/gen.h"
 
@@ -22,6 +24,7 @@
 #include "base/xalloc.h"
 #include "engine/image.h"
 #include "engine/pipeline.h"
+#include "engine/ralu_sched.h"
 #include "engine/rng.h"
 #include "kernels/backend.h"
 #include "server/api.h"
@@ -53,6 +56,17 @@ static const double stage_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 static const double step_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                       0.5,   1,     2,    5,     10,   30,  60};
 
+/* Remembered NT-DM results: custom RALU stages recur (a client's preset of
+ * its own), and the optimiser costs up to ~0.3 s. */
+#define NTDM_MEMO 8
+
+struct ntdm_memo {
+    int N[3];
+    double e[2];
+    struct ralu_params p; /* h, Z filled; r is per request */
+    bool used;
+};
+
 struct slot {
     struct backend *be;
     struct pipeline *pipe;
@@ -65,11 +79,14 @@ struct gp {
     enum pipe_family fam;
     int n_slots;
     struct slot *slots; /* filled by gen_load */
-    pthread_mutex_t mu; /* guards: slots[].busy */
+    pthread_mutex_t mu; /* guards: slots[].busy, memo, memo_next */
+    struct ntdm_memo memo[NTDM_MEMO];
+    int memo_next;
 
-    struct metric *m_stage;  /* ralud_stage_duration_seconds{stage} */
-    struct metric *m_step;   /* ralud_step_duration_seconds */
-    struct metric *m_images; /* ralud_images_total */
+    struct metric *m_stage;      /* ralud_stage_duration_seconds{stage} */
+    struct metric *m_step;       /* ralud_step_duration_seconds */
+    struct metric *m_images;     /* ralud_images_total */
+    struct metric *m_cache_hits; /* ralud_cache_hits_total */
 };
 
 static float default_guidance(enum pipe_family fam)
@@ -159,6 +176,7 @@ struct run_state {
 static int on_progress(void *ctx, const char *stage, int step, int total)
 {
     struct run_state *rs = ctx;
+    job_set_progress(rs->job, stage, step, total);
     if (total > 0 && strcmp(stage, "denoise") == 0) {
         rs->steps_done = step;
         rs->steps_total = total;
@@ -199,15 +217,53 @@ static int encode_png(const struct gp *g, const struct gen_request *r, const str
     return rc;
 }
 
-/* The JSON GenerateResponse (openapi.yaml); borrows everything. NULL on OOM. */
-static char *json_body(const struct job *job, const struct gen_request *r,
-                       const struct gen_output *o, uint8_t **pngs, const size_t *png_len,
-                       int n_encoders, double queue_ms, double png_ms, double total_ms, size_t *len)
+static json_t *json_ms_array(const double *ms, int n)
 {
-    json_t *root = json_object(), *images = json_array(), *t = json_object();
-    json_t *enc = json_array(), *steps = json_array();
+    json_t *a = json_array();
+    for (int i = 0; a && i < n; i++)
+        if (json_array_append_new(a, json_ms(ms[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+static json_t *json_int_array(const int *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; a && i < n; i++)
+        if (json_array_append_new(a, json_integer(v[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+static const char *cache_method_name(enum cache_method m)
+{
+    switch (m) {
+    case CACHE_TEACACHE:
+        return "teacache";
+    case CACHE_FBCACHE:
+        return "fbcache";
+    case CACHE_TAYLORSEER:
+        return "taylorseer";
+    case CACHE_NONE:
+        break;
+    }
+    return "none";
+}
+
+/* The JSON GenerateResponse (openapi.yaml); borrows everything. NULL on OOM. */
+static char *json_body(const struct job *job, const struct api_gen_params *p,
+                       const struct gen_request *r, const struct gen_output *o, uint8_t **pngs,
+                       const size_t *png_len, int n_encoders, double queue_ms, double png_ms,
+                       double total_ms, size_t *len)
+{
+    json_t *root = json_object(), *images = json_array();
     char *body = NULL;
-    bool ok = root && images && t && enc && steps;
+    bool ok = root && images;
+    int n_stages = r->ralu ? 3 : 1;
 
     for (int i = 0; ok && i < o->n; i++) {
         size_t blen;
@@ -216,42 +272,65 @@ static char *json_body(const struct job *job, const struct gen_request *r,
         free(b64);
         ok = s && json_array_append_new(images, s) == 0;
     }
-    for (int i = 0; ok && i < n_encoders; i++)
-        ok = json_array_append_new(enc, json_ms(o->t.encode_ms[i])) == 0;
-    for (int i = 0; ok && i < o->t.n_steps && i < GEN_MAX_STEPS; i++)
-        ok = json_array_append_new(steps, json_ms(o->t.step_ms[i])) == 0;
+    json_t *t = json_object();
+    ok = ok && t;
     if (ok) {
+        int n_steps = o->t.n_steps < GEN_MAX_STEPS ? o->t.n_steps : GEN_MAX_STEPS;
         json_object_set_new(t, "queue_ms", json_ms(queue_ms));
         json_object_set_new(t, "tokenize_ms", json_ms(o->t.tokenize_ms));
-        json_object_set(t, "encode_ms", enc);
+        json_object_set_new(t, "encode_ms", json_ms_array(o->t.encode_ms, n_encoders));
         json_object_set_new(t, "denoise_ms", json_ms(o->t.denoise_ms));
-        json_object_set(t, "step_ms", steps);
+        json_object_set_new(t, "step_ms", json_ms_array(o->t.step_ms, n_steps));
         json_object_set_new(t, "vae_ms", json_ms(o->t.vae_ms));
         json_object_set_new(t, "png_ms", json_ms(png_ms));
         json_object_set_new(t, "total_ms", json_ms(total_ms));
+        if (r->ralu)
+            json_object_set_new(
+                t, "ralu",
+                json_pack("{s:o,s:o,s:o,s:o}", "stage_ms", json_ms_array(o->t.stage_ms, 3),
+                          "edge_decode_ms", json_ms(o->t.edge_decode_ms), "canny_ms",
+                          json_ms(o->t.canny_ms), "renoise_ms", json_ms(o->t.renoise_ms)));
+        else
+            json_object_set_new(t, "ralu", json_null());
 
+        json_t *ralu = json_null();
+        if (r->ralu) {
+            const struct ralu_params *rp = r->ralu;
+            ralu = json_pack("{s:o,s:[i,i,i],s:[f,f,f],s:f,s:[f,f,f],s:f}", "preset",
+                             p->ralu_preset[0] ? json_string(p->ralu_preset) : json_null(), "N",
+                             rp->N[0], rp->N[1], rp->N[2], "e", rp->e[0], rp->e[1], rp->e[2], "r",
+                             rp->r, "h", rp->h[0], rp->h[1], rp->h[2], "Z", rp->Z);
+        }
+        json_t *cache = json_pack("{s:s,s:o,s:o}", "method", cache_method_name(p->cache.method),
+                                  "hits", json_int_array(o->cache_hits, n_stages), "computed",
+                                  json_int_array(o->cache_computed, n_stages));
+        json_t *flops = json_pack("{s:f,s:f,s:f}", "transformer", o->flops, "vae", o->vae_flops,
+                                  "total", o->flops + o->vae_flops);
+        ok = ralu && cache && flops;
         json_object_set_new(root, "request_id", json_string(job->request_id));
         json_object_set_new(root, "seed", json_integer((json_int_t)r->seed));
         json_object_set_new(root, "width", json_integer(o->width));
         json_object_set_new(root, "height", json_integer(o->height));
+        json_object_set_new(root, "steps", json_integer(r->steps));
         json_object_set(root, "images", images);
         json_object_set(root, "timings", t);
         json_object_set_new(root, "nfe", json_integer(o->nfe));
-        json_object_set_new(root, "flops", json_real(o->flops));
-        json_object_set_new(root, "cache_hits", json_integer(0));
-        body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(12));
+        json_object_set_new(root, "flops", flops);
+        json_object_set_new(root, "cache", cache);
+        json_object_set_new(root, "ralu", ralu);
+        if (ok)
+            body = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(12));
     }
     json_decref(root);
     json_decref(images);
     json_decref(t);
-    json_decref(enc);
-    json_decref(steps);
     if (body)
         *len = strlen(body);
     return body;
 }
 
-static void observe(struct gp *g, const struct gen_output *o, int n_encoders, double png_ms)
+static void observe(struct gp *g, const struct gen_output *o, int n_encoders, double png_ms,
+                    bool ralu)
 {
     double enc = 0;
     for (int i = 0; i < n_encoders; i++)
@@ -261,9 +340,65 @@ static void observe(struct gp *g, const struct gen_output *o, int n_encoders, do
     metrics_observe(g->m_stage, "denoise", o->t.denoise_ms * 1e-3);
     metrics_observe(g->m_stage, "vae", o->t.vae_ms * 1e-3);
     metrics_observe(g->m_stage, "png", png_ms * 1e-3);
+    if (ralu) {
+        static const char *const names[3] = {"ralu_stage1", "ralu_stage2", "ralu_stage3"};
+        for (int k = 0; k < 3; k++)
+            metrics_observe(g->m_stage, names[k], o->t.stage_ms[k] * 1e-3);
+        metrics_observe(g->m_stage, "ralu_edge_decode", o->t.edge_decode_ms * 1e-3);
+        metrics_observe(g->m_stage, "ralu_canny", o->t.canny_ms * 1e-3);
+        metrics_observe(g->m_stage, "ralu_renoise", o->t.renoise_ms * 1e-3);
+    }
+    for (int k = 0; k < 3; k++)
+        metrics_add(g->m_cache_hits, NULL, o->cache_hits[k]);
     for (int i = 0; i < o->t.n_steps && i < GEN_MAX_STEPS; i++)
         metrics_observe(g->m_step, NULL, o->t.step_ms[i] * 1e-3);
     metrics_add(g->m_images, NULL, o->n);
+}
+
+/* The engine's RALU parameters for the request: a preset of the model's
+ * family, or explicit stages with h and Z from NT-DM (remembered). */
+static int resolve_ralu(struct gp *g, const struct api_gen_params *p, struct ralu_params *out,
+                        struct err_msg *em)
+{
+    enum ralu_family fam = g->fam == PIPE_FLUX ? RALU_FAMILY_FLUX : RALU_FAMILY_SD3;
+    int rc;
+
+    if (p->ralu_preset[0]) {
+        if ((rc = ralu_preset(p->ralu_preset, fam, out)) != ERR_OK)
+            return err_set(em, ERR_INVAL, "RALU preset %s does not apply to this %s model",
+                           p->ralu_preset, family_name(g->fam));
+        return ERR_OK;
+    }
+    double e[3] = {p->ralu_e[0], p->ralu_e[1], 1.0};
+    bool hit = false;
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < NTDM_MEMO && !hit; i++) {
+        const struct ntdm_memo *m = &g->memo[i];
+        if (m->used && !memcmp(m->N, p->ralu_N, sizeof m->N) && m->e[0] == e[0] &&
+            m->e[1] == e[1]) {
+            *out = m->p;
+            hit = true;
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (!hit) {
+        if ((rc = ralu_ntdm_optimise(p->ralu_N, e, RALU_H_ORI_DEFAULT, out)) != ERR_OK)
+            return err_set(em, ERR_INVAL, "ralu: no schedule for N=[%d,%d,%d] e=[%g,%g]",
+                           p->ralu_N[0], p->ralu_N[1], p->ralu_N[2], e[0], e[1]);
+        pthread_mutex_lock(&g->mu);
+        struct ntdm_memo *m = &g->memo[g->memo_next];
+        g->memo_next = (g->memo_next + 1) % NTDM_MEMO;
+        memcpy(m->N, p->ralu_N, sizeof m->N);
+        m->e[0] = e[0];
+        m->e[1] = e[1];
+        m->p = *out;
+        m->used = true;
+        pthread_mutex_unlock(&g->mu);
+    }
+    out->r = p->ralu_r;
+    if ((rc = ralu_params_validate(out, em)) != ERR_OK)
+        return rc;
+    return ERR_OK;
 }
 
 static int gp_run(void *ctx, struct job *job)
@@ -289,7 +424,18 @@ static int gp_run(void *ctx, struct job *job)
         .true_cfg = 1.0f, /* no true-CFG field in the API: FLUX ignores negative_prompt */
         .seed = p->seed_set ? (uint64_t)p->seed : random_seed(),
     };
-    struct run_state rs = {.job = job, .steps_total = p->steps};
+    struct ralu_params ralu;
+    if (p->ralu_on) {
+        if ((rc = resolve_ralu(g, p, &ralu, &em)) != ERR_OK) {
+            err_set(&job->err, rc, "%s", em.text);
+            return rc;
+        }
+        r.ralu = &ralu;
+        r.steps = ralu.N[0] + ralu.N[1] + ralu.N[2];
+    }
+    if (p->cache.method != CACHE_NONE)
+        r.cache = &p->cache;
+    struct run_state rs = {.job = job, .steps_total = r.steps};
     struct gen_hooks hooks = {.progress = on_progress, .ctx = &rs, .cancel = &job->cancel};
 
     struct slot *s = slot_take(g);
@@ -321,7 +467,7 @@ static int gp_run(void *ctx, struct job *job)
         job->out_type = "image/png";
         pngs[0] = NULL;
     } else {
-        job->out_body = json_body(job, &r, &out, pngs, png_len, n_encoders, queue_ms, png_ms,
+        job->out_body = json_body(job, p, &r, &out, pngs, png_len, n_encoders, queue_ms, png_ms,
                                   total_ms, &job->out_len);
         if (!job->out_body) {
             rc = err_set(&job->err, ERR_NOMEM, "out of memory building the response");
@@ -332,13 +478,20 @@ static int gp_run(void *ctx, struct job *job)
     double enc_ms = 0;
     for (int i = 0; i < n_encoders; i++)
         enc_ms += out.t.encode_ms[i];
+    char ralu_timing[200] = "";
+    if (r.ralu)
+        snprintf(ralu_timing, sizeof ralu_timing,
+                 ", stage1;dur=%.1f, stage2;dur=%.1f, stage3;dur=%.1f, edge_decode;dur=%.1f, "
+                 "canny;dur=%.1f, renoise;dur=%.1f",
+                 out.t.stage_ms[0], out.t.stage_ms[1], out.t.stage_ms[2], out.t.edge_decode_ms,
+                 out.t.canny_ms, out.t.renoise_ms);
     job_add_header(job, "Server-Timing",
-                   "queue;dur=%.1f, tokenize;dur=%.1f, encode;dur=%.1f, denoise;dur=%.1f, "
+                   "queue;dur=%.1f, tokenize;dur=%.1f, encode;dur=%.1f, denoise;dur=%.1f%s, "
                    "vae;dur=%.1f, png;dur=%.1f, total;dur=%.1f",
-                   queue_ms, out.t.tokenize_ms, enc_ms, out.t.denoise_ms, out.t.vae_ms, png_ms,
-                   total_ms);
+                   queue_ms, out.t.tokenize_ms, enc_ms, out.t.denoise_ms, ralu_timing, out.t.vae_ms,
+                   png_ms, total_ms);
     job_add_header(job, "X-Ralud-Seed", "%llu", (unsigned long long)r.seed);
-    observe(g, &out, n_encoders, png_ms);
+    observe(g, &out, n_encoders, png_ms, r.ralu != NULL);
     LOG_INFO("req=%s job=%llu %dx%d n=%d steps=%d seed=%llu denoise_ms=%.1f total_ms=%.1f",
              job->request_id, (unsigned long long)job->id, out.width, out.height, out.n, r.steps,
              (unsigned long long)r.seed, out.t.denoise_ms, total_ms);
@@ -374,6 +527,10 @@ int gen_open(struct gen **out, const struct config *cfg, struct metrics *metrics
                           step_buckets, (int)(sizeof step_buckets / sizeof step_buckets[0]));
     g->m_images =
         metrics_counter(metrics, "ralud_images_total", "Images generated and returned.", NULL);
+    g->m_cache_hits = metrics_counter(metrics, "ralud_cache_hits_total",
+                                      "Denoising steps whose transformer the feature cache "
+                                      "skipped or forecast.",
+                                      NULL);
     if (!cfg->model[0]) {
         *out = gn; /* run stays NULL: /readyz and /generate say there is no model */
         return ERR_OK;
@@ -457,6 +614,7 @@ int gen_load(struct gen *gn, const atomic_bool *cancel, struct err_msg *em)
             return rc;
         if (i == 0) {
             g->fam = pipeline_family(s->pipe);
+            gn->family = g->fam == PIPE_FLUX ? API_FAMILY_FLUX : API_FAMILY_SD3;
             LOG_INFO("model %s: %s, %d worker(s) x %lld CPU threads, max %lldx%lld n=%lld",
                      cfg->model, family_name(g->fam), g->n_slots, (long long)cfg->threads,
                      (long long)cfg->max_width, (long long)cfg->max_height, (long long)cfg->max_n);

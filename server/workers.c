@@ -294,6 +294,19 @@ int workers_shutdown(struct workers *w, double timeout_s)
     return cancelled ? ERR_CANCELLED : ERR_OK;
 }
 
+int workers_position(struct workers *w, const struct job *job)
+{
+    int pos = -1, i = 0;
+    pthread_mutex_lock(&w->mu);
+    for (const struct job *j = w->q_head; j; j = j->next, i++)
+        if (j == job) {
+            pos = i;
+            break;
+        }
+    pthread_mutex_unlock(&w->mu);
+    return pos;
+}
+
 size_t workers_queued(struct workers *w)
 {
     pthread_mutex_lock(&w->mu);

@@ -62,6 +62,8 @@ void workers_close(struct workers *w);
  * ERR_CANCELLED if jobs had to be cancelled. Call once, not from a worker. */
 int workers_shutdown(struct workers *w, double timeout_s);
 
+/* 0-based place of job among the queued ones; -1 when it is not queued. */
+int workers_position(struct workers *w, const struct job *job);
 size_t workers_queued(struct workers *w);  /* waiting for a thread */
 size_t workers_running(struct workers *w); /* being run now */
 bool workers_idle(struct workers *w);      /* nothing queued or running */

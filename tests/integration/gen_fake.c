@@ -31,6 +31,7 @@ static int fake_run(void *ctx, struct job *job)
         if (job_cancelled(job))
             return err_set(&job->err, ERR_CANCELLED, "cancelled after %d of %d steps", i, p->steps);
         nanosleep(&ts, NULL);
+        job_set_progress(job, "denoise", i + 1, p->steps);
     }
     json_t *j = json_pack("{s:b,s:s,s:I,s:i,s:i,s:i,s:i}", "fake", 1, "request_id", job->request_id,
                           "seed", (json_int_t)(p->seed_set ? p->seed : 0), "width", p->width,
@@ -53,7 +54,7 @@ int gen_open(struct gen **out, const struct config *cfg, struct metrics *metrics
     const char *ms = getenv("RALUD_FAKE_STEP_MS");
     f->step_ms = ms ? atol(ms) : 50;
     g->backend = "fake";
-    g->ralu = g->cache = true; /* the fake accepts every valid request */
+    g->family = API_FAMILY_FLUX; /* the fake takes FLUX presets */
     g->run = fake_run;
     g->run_ctx = f;
     g->impl = f;
