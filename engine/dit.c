@@ -48,8 +48,8 @@ int dit_config_load(struct dit_config *cfg, const char *path, struct err_msg *em
         (rc = ju_int(o, "num_single_layers", flux ? 38 : 0, 0, DIT_MAX_LAYERS,
                      &cfg->num_single_layers, path, em)) ||
         (rc = ju_int(o, "num_attention_heads", 24, 1, 1024, &cfg->heads, path, em)) ||
-        (rc = ju_int(o, "attention_head_dim", flux ? 128 : 64, 1, 1024, &cfg->head_dim, path,
-                     em)) ||
+        (rc =
+             ju_int(o, "attention_head_dim", flux ? 128 : 64, 1, 1024, &cfg->head_dim, path, em)) ||
         (rc = ju_int(o, "joint_attention_dim", 4096, 1, 65536, &cfg->joint_attention_dim, path,
                      em)) ||
         (rc = ju_int(o, "pooled_projection_dim", flux ? 768 : 2048, 1, 65536,
@@ -118,8 +118,8 @@ int dit_config_load(struct dit_config *cfg, const char *path, struct err_msg *em
         json_t *dl = json_object_get(o, "dual_attention_layers");
         if (dl && !json_is_null(dl)) {
             if (!json_is_array(dl)) {
-                rc = err_set(em, ERR_FORMAT, "%s: \"dual_attention_layers\" must be an array",
-                             path);
+                rc =
+                    err_set(em, ERR_FORMAT, "%s: \"dual_attention_layers\" must be an array", path);
                 goto done;
             }
             for (size_t i = 0; i < json_array_size(dl); i++) {
@@ -147,143 +147,39 @@ int dit_token_dim(const struct dit_config *cfg)
 
 /* --------------------------------------------------------------- binding */
 
-struct binder {
+/* The transformer's binding: the shared binder (engine/bind.h) plus the
+ * model. */
+struct dbind {
     struct dit *m;
-    struct wsrc *src;
-    struct err_msg *em;
+    struct binder b;
 };
 
-static int own_alloc(struct dit *m, size_t n, void **out)
+/* "<name>.weight" as an F32 norm vector of n values. */
+static int bind_norm_vec(struct dbind *bd, struct vec *v, const char *name, int64_t n)
 {
-    int rc = m->be->ops->alloc(m->be, n, out);
-    if (rc)
-        return rc;
-    if (m->n_owned == m->cap_owned) {
-        m->cap_owned = m->cap_owned ? 2 * m->cap_owned : 256;
-        m->owned = xrealloc(m->owned, (size_t)m->cap_owned * sizeof *m->owned);
-    }
-    m->owned[m->n_owned++] = *out;
-    return ERR_OK;
-}
-
-static void shape_str(const struct tensor *t, char *buf, size_t n) { tensor_shape_str(t, buf, n); }
-
-/* Make a host weight view visible to the backend (zero copy on the CPU). */
-static int map_weight(struct binder *bd, struct tensor *t)
-{
-    void *p = NULL;
-    size_t n = (size_t)tensor_nelem(t) * dtype_size(t->dtype);
-    int rc = bd->m->be->ops->weights_map(bd->m->be, t->data, n, &p);
-    if (rc)
-        return err_set(bd->em, rc, "%s: cannot map weights", wsrc_where(bd->src));
-    t->data = p;
-    return ERR_OK;
-}
-
-/* F32 copy of a stored vector (any float dtype), owned by the model. */
-static int widen_vec(struct binder *bd, const struct tensor *src, struct tensor *out)
-{
-    struct tensor s = *src;
-    void *p;
-    int rc;
-    if (!dtype_is_float(s.dtype))
-        return err_set(bd->em, ERR_MISMATCH, "%s: vector is %s, not a float type",
-                       wsrc_where(bd->src), dtype_name(s.dtype));
-    if ((rc = map_weight(bd, &s)))
-        return rc;
-    if ((rc = own_alloc(bd->m, (size_t)tensor_nelem(&s) * 4, &p)))
-        return err_set(bd->em, rc, "out of memory widening a weight vector");
-    struct tensor flat = tensor_1d(s.data, s.dtype, tensor_nelem(&s));
-    flat.scale = s.scale;
-    *out = tensor_1d(p, DTYPE_F32, tensor_nelem(&s));
-    op_convert(bd->m->be, out, &flat);
-    return ERR_OK;
-}
-
-/* Bind rows [row0, row0+n_out) of "<name>.weight" (+ bias) as a linear with
- * input width k. bias_required: -1 optional, 0 absent, 1 required. */
-static int bind_lin_rows(struct binder *bd, struct lin *l, const char *name, int64_t row0,
-                         int64_t n_out, int64_t k, int bias_required)
-{
-    char wn[256], bn[256], a[96], b[96];
-    struct tensor w, bias;
-    int rc;
+    char wn[256];
     snprintf(wn, sizeof wn, "%s.weight", name);
-    snprintf(bn, sizeof bn, "%s.bias", name);
-    memset(l, 0, sizeof *l);
-    if ((rc = wsrc_get_rows(bd->src, wn, row0, n_out, &w, bd->em)))
-        return rc;
-    /* Conv weights [out, in, p, p] are linears over (c, dy, dx) features. */
-    if (w.ndim == 4 && tensor_is_contiguous(&w))
-        w = tensor_reshape(&w, 2, (int64_t[]){w.ne[0], w.ne[1] * w.ne[2] * w.ne[3]});
-    if (w.ndim != 2 || w.ne[0] != n_out || w.ne[1] != k || !dtype_is_float(w.dtype)) {
-        shape_str(&w, a, sizeof a);
-        snprintf(b, sizeof b, "[%lld, %lld]", (long long)n_out, (long long)k);
-        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies %s",
-                       wsrc_where(bd->src), wn, a, b);
-    }
-    if ((rc = map_weight(bd, &w)))
-        return rc;
-    l->w = w;
-    if (bias_required == 0)
-        return ERR_OK;
-    rc = wsrc_get_rows(bd->src, bn, row0, n_out, &bias, NULL);
-    if (rc) {
-        if (bias_required == 1)
-            return err_set(bd->em, ERR_NOTFOUND, "%s: missing tensor \"%s\"", wsrc_where(bd->src),
-                           bn);
-        return ERR_OK;
-    }
-    if (bias.ndim != 1 || bias.ne[0] != n_out) {
-        shape_str(&bias, a, sizeof a);
-        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
-                       wsrc_where(bd->src), bn, a, (long long)n_out);
-    }
-    if ((rc = widen_vec(bd, &bias, &l->b)))
-        return rc;
-    l->has_b = true;
-    return ERR_OK;
+    return bind_vec(&bd->b, &v->t, wn, n);
 }
 
-static int bind_lin(struct binder *bd, struct lin *l, const char *name, int64_t n, int64_t k)
-{
-    return bind_lin_rows(bd, l, name, 0, n, k, 1);
-}
-
-static int bind_vec(struct binder *bd, struct vec *v, const char *name, int64_t n)
-{
-    char wn[256], a[96];
-    struct tensor t;
-    int rc;
-    snprintf(wn, sizeof wn, "%s.weight", name);
-    if ((rc = wsrc_get(bd->src, wn, &t, bd->em)))
-        return rc;
-    if (tensor_nelem(&t) != n) {
-        shape_str(&t, a, sizeof a);
-        return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies [%lld]",
-                       wsrc_where(bd->src), wn, a, (long long)n);
-    }
-    return widen_vec(bd, &t, &v->t);
-}
-
-static int bind_attn(struct binder *bd, struct attn_w *at, const char *p, bool ctx, bool out,
+static int bind_attn(struct dbind *bd, struct attn_w *at, const char *p, bool ctx, bool out,
                      bool aout, bool norms)
 {
     const struct dit_config *c = &bd->m->cfg;
     int64_t d = c->hidden;
     char n[256];
     int rc;
-#define BL(field, suffix)                                                  \
-    do {                                                                   \
-        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
-        if ((rc = bind_lin(bd, &at->field, n, d, d)))                      \
-            return rc;                                                     \
+#define BL(field, suffix)                                    \
+    do {                                                     \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);           \
+        if ((rc = bind_lin(&bd->b, &at->field, n, d, d, 1))) \
+            return rc;                                       \
     } while (0)
-#define BV(field, suffix)                                                  \
-    do {                                                                   \
-        snprintf(n, sizeof n, "%s.%s", p, suffix);                         \
-        if ((rc = bind_vec(bd, &at->field, n, c->head_dim)))               \
-            return rc;                                                     \
+#define BV(field, suffix)                                         \
+    do {                                                          \
+        snprintf(n, sizeof n, "%s.%s", p, suffix);                \
+        if ((rc = bind_norm_vec(bd, &at->field, n, c->head_dim))) \
+            return rc;                                            \
     } while (0)
     BL(q, "to_q");
     BL(k, "to_k");
@@ -313,49 +209,51 @@ static int bind_attn(struct binder *bd, struct attn_w *at, const char *p, bool c
     return ERR_OK;
 }
 
-static int bind_ff(struct binder *bd, struct lin *f1, struct lin *f2, const char *p)
+static int bind_ff(struct dbind *bd, struct bind_lin *f1, struct bind_lin *f2, const char *p)
 {
     const struct dit_config *c = &bd->m->cfg;
     char n[256];
     int rc;
     snprintf(n, sizeof n, "%s.net.0.proj", p);
-    if ((rc = bind_lin(bd, f1, n, (int64_t)c->hidden * c->mlp_ratio, c->hidden)))
+    if ((rc = bind_lin(&bd->b, f1, n, (int64_t)c->hidden * c->mlp_ratio, c->hidden, 1)))
         return rc;
     snprintf(n, sizeof n, "%s.net.2", p);
-    return bind_lin(bd, f2, n, c->hidden, (int64_t)c->hidden * c->mlp_ratio);
+    return bind_lin(&bd->b, f2, n, c->hidden, (int64_t)c->hidden * c->mlp_ratio, 1);
 }
 
 /* AdaLayerNormContinuous: emb -> (scale, shift), bound as two halves so a
  * source that stores (shift, scale) maps without a copy. */
-static int bind_ada_cont(struct binder *bd, struct lin *scale, struct lin *shift, const char *p)
+static int bind_ada_cont(struct dbind *bd, struct bind_lin *scale, struct bind_lin *shift,
+                         const char *p)
 {
     int64_t d = bd->m->cfg.hidden;
-    int rc = bind_lin_rows(bd, scale, p, 0, d, d, 1);
-    return rc ? rc : bind_lin_rows(bd, shift, p, d, d, d, 1);
+    int rc = bind_lin_rows(&bd->b, scale, p, 0, d, d, 1);
+    return rc ? rc : bind_lin_rows(&bd->b, shift, p, d, d, d, 1);
 }
 
-static int bind_embedders(struct binder *bd)
+static int bind_embedders(struct dbind *bd)
 {
     struct dit *m = bd->m;
     const struct dit_config *c = &m->cfg;
     int64_t d = c->hidden;
     int rc;
-    if ((rc = bind_lin(bd, &m->t1, "time_text_embed.timestep_embedder.linear_1", d, 256)) ||
-        (rc = bind_lin(bd, &m->t2, "time_text_embed.timestep_embedder.linear_2", d, d)) ||
-        (rc = bind_lin(bd, &m->p1, "time_text_embed.text_embedder.linear_1", d,
-                       c->pooled_projection_dim)) ||
-        (rc = bind_lin(bd, &m->p2, "time_text_embed.text_embedder.linear_2", d, d)) ||
-        (rc = bind_lin(bd, &m->ctx_emb, "context_embedder", d, c->joint_attention_dim)))
+    if ((rc = bind_lin(&bd->b, &m->t1, "time_text_embed.timestep_embedder.linear_1", d, 256, 1)) ||
+        (rc = bind_lin(&bd->b, &m->t2, "time_text_embed.timestep_embedder.linear_2", d, d, 1)) ||
+        (rc = bind_lin(&bd->b, &m->p1, "time_text_embed.text_embedder.linear_1", d,
+                       c->pooled_projection_dim, 1)) ||
+        (rc = bind_lin(&bd->b, &m->p2, "time_text_embed.text_embedder.linear_2", d, d, 1)) ||
+        (rc = bind_lin(&bd->b, &m->ctx_emb, "context_embedder", d, c->joint_attention_dim, 1)))
         return rc;
     if (c->family == DIT_FLUX && c->guidance_embeds) {
-        if ((rc = bind_lin(bd, &m->g1, "time_text_embed.guidance_embedder.linear_1", d, 256)) ||
-            (rc = bind_lin(bd, &m->g2, "time_text_embed.guidance_embedder.linear_2", d, d)))
+        if ((rc = bind_lin(&bd->b, &m->g1, "time_text_embed.guidance_embedder.linear_1", d, 256,
+                           1)) ||
+            (rc = bind_lin(&bd->b, &m->g2, "time_text_embed.guidance_embedder.linear_2", d, d, 1)))
             return rc;
     }
     if ((rc = bind_ada_cont(bd, &m->out_scale, &m->out_shift, "norm_out.linear")))
         return rc;
-    return bind_lin(bd, &m->proj_out, "proj_out", dit_token_dim(c) / c->in_channels *
-                                                      c->out_channels, d);
+    return bind_lin(&bd->b, &m->proj_out, "proj_out",
+                    dit_token_dim(c) / c->in_channels * c->out_channels, d, 1);
 }
 
 /* Compare the stored SD3 sin-cos table with the analytic formula. */
@@ -372,9 +270,10 @@ static double sd3_table_maxdiff(const struct dit *m)
                 for (int j = 0; j < q; j++) {
                     double om = 1.0 / pow(10000.0, (double)j / q);
                     double sv = sin(p * om), cv = cos(p * om);
-                    double a = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + j) * t->scale;
-                    double b = dtype_load_f32(t->dtype, t->data, base + half * 2 * q + q + j) *
-                               t->scale;
+                    double a =
+                        dtype_load_f32(t->dtype, t->data, base + half * 2 * q + j) * t->scale;
+                    double b =
+                        dtype_load_f32(t->dtype, t->data, base + half * 2 * q + q + j) * t->scale;
                     worst = fmax(worst, fmax(fabs(a - sv), fabs(b - cv)));
                 }
             }
@@ -383,7 +282,7 @@ static double sd3_table_maxdiff(const struct dit *m)
     return worst;
 }
 
-static int bind_sd3(struct binder *bd)
+static int bind_sd3(struct dbind *bd)
 {
     struct dit *m = bd->m;
     struct dit_config *c = &m->cfg;
@@ -391,23 +290,23 @@ static int bind_sd3(struct binder *bd)
     char n[256], p[128];
     int rc;
     int tok = dit_token_dim(c);
-    if ((rc = bind_lin(bd, &m->x_emb, "pos_embed.proj", d, tok)))
+    if ((rc = bind_lin(&bd->b, &m->x_emb, "pos_embed.proj", d, tok, 1)))
         return rc;
     /* A stored table is optional: without it every position is analytic. */
     struct tensor tab;
     m->pos_scale = (double)(c->sample_size / c->patch_size) / c->pos_embed_max_size;
-    if (wsrc_get(bd->src, "pos_embed.pos_embed", &tab, NULL) == ERR_OK) {
+    if (wsrc_get(bd->b.src, "pos_embed.pos_embed", &tab, NULL) == ERR_OK) {
         int64_t s = c->pos_embed_max_size;
         if (tensor_nelem(&tab) != s * s * d || !dtype_is_float(tab.dtype))
-            return err_set(bd->em, ERR_MISMATCH,
+            return err_set(bd->b.em, ERR_MISMATCH,
                            "%s: tensor \"pos_embed.pos_embed\" has %lld elements, the config "
                            "implies [1, %lld, %lld]",
-                           wsrc_where(bd->src), (long long)tensor_nelem(&tab), (long long)(s * s),
+                           wsrc_where(bd->b.src), (long long)tensor_nelem(&tab), (long long)(s * s),
                            (long long)d);
         m->pos_table = tensor_2d(tab.data, tab.dtype, s * s, d);
         m->pos_table.scale = tab.scale;
         m->pos_maxdiff = sd3_table_maxdiff(m);
-        if ((rc = map_weight(bd, &m->pos_table)))
+        if ((rc = bind_map(&bd->b, &m->pos_table)))
             return rc;
         LOG_INFO("sd3 pos_embed table %lldx%lld: max |stored - analytic| = %.3g", (long long)s,
                  (long long)s, m->pos_maxdiff);
@@ -421,13 +320,13 @@ static int bind_sd3(struct binder *bd)
         b->dual = c->dual_attention[i];
         snprintf(p, sizeof p, "transformer_blocks.%d", i);
         snprintf(n, sizeof n, "%s.norm1.linear", p);
-        if ((rc = bind_lin(bd, &b->norm1, n, (b->dual ? 9 : 6) * d, d)))
+        if ((rc = bind_lin(&bd->b, &b->norm1, n, (b->dual ? 9 : 6) * d, d, 1)))
             return rc;
         snprintf(n, sizeof n, "%s.norm1_context.linear", p);
         if (last)
             rc = bind_ada_cont(bd, &b->norm1_ctx_scale, &b->norm1_ctx_shift, n);
         else
-            rc = bind_lin(bd, &b->norm1_ctx, n, 6 * d, d);
+            rc = bind_lin(&bd->b, &b->norm1_ctx, n, 6 * d, d, 1);
         if (rc)
             return rc;
         snprintf(n, sizeof n, "%s.attn", p);
@@ -450,24 +349,24 @@ static int bind_sd3(struct binder *bd)
     return ERR_OK;
 }
 
-static int bind_flux(struct binder *bd)
+static int bind_flux(struct dbind *bd)
 {
     struct dit *m = bd->m;
     struct dit_config *c = &m->cfg;
     int64_t d = c->hidden;
     char n[256], p[128];
     int rc;
-    if ((rc = bind_lin(bd, &m->x_emb, "x_embedder", d, c->in_channels)) ||
+    if ((rc = bind_lin(&bd->b, &m->x_emb, "x_embedder", d, c->in_channels, 1)) ||
         (rc = bind_embedders(bd)))
         return rc;
     for (int i = 0; i < c->num_layers; i++) {
         struct joint_block *b = &m->blocks[i];
         snprintf(p, sizeof p, "transformer_blocks.%d", i);
         snprintf(n, sizeof n, "%s.norm1.linear", p);
-        if ((rc = bind_lin(bd, &b->norm1, n, 6 * d, d)))
+        if ((rc = bind_lin(&bd->b, &b->norm1, n, 6 * d, d, 1)))
             return rc;
         snprintf(n, sizeof n, "%s.norm1_context.linear", p);
-        if ((rc = bind_lin(bd, &b->norm1_ctx, n, 6 * d, d)))
+        if ((rc = bind_lin(&bd->b, &b->norm1_ctx, n, 6 * d, d, 1)))
             return rc;
         snprintf(n, sizeof n, "%s.attn", p);
         if ((rc = bind_attn(bd, &b->attn, n, true, true, true, true)))
@@ -483,16 +382,16 @@ static int bind_flux(struct binder *bd)
         struct single_block *s = &m->singles[i];
         snprintf(p, sizeof p, "single_transformer_blocks.%d", i);
         snprintf(n, sizeof n, "%s.norm.linear", p);
-        if ((rc = bind_lin(bd, &s->norm, n, 3 * d, d)))
+        if ((rc = bind_lin(&bd->b, &s->norm, n, 3 * d, d, 1)))
             return rc;
         snprintf(n, sizeof n, "%s.attn", p);
         if ((rc = bind_attn(bd, &s->attn, n, false, false, false, true)))
             return rc;
         snprintf(n, sizeof n, "%s.proj_mlp", p);
-        if ((rc = bind_lin(bd, &s->mlp, n, d * c->mlp_ratio, d)))
+        if ((rc = bind_lin(&bd->b, &s->mlp, n, d * c->mlp_ratio, d, 1)))
             return rc;
         snprintf(n, sizeof n, "%s.proj_out", p);
-        if ((rc = bind_lin(bd, &s->out, n, d, d * (1 + c->mlp_ratio))))
+        if ((rc = bind_lin(&bd->b, &s->out, n, d, d * (1 + c->mlp_ratio), 1)))
             return rc;
     }
     return ERR_OK;
@@ -502,7 +401,7 @@ int dit_load(struct dit **out, struct backend *be, const struct dit_config *cfg,
              struct err_msg *em)
 {
     struct dit *m = xcalloc(1, sizeof *m);
-    struct binder bd = {m, src, em};
+    struct dbind bd = {m, {be, src, &m->owned, em}};
     int rc;
     m->cfg = *cfg;
     m->be = be;
@@ -528,9 +427,7 @@ void dit_free(struct dit *m)
 {
     if (!m)
         return;
-    for (int i = 0; i < m->n_owned; i++)
-        m->be->ops->free(m->be, m->owned[i]);
-    free(m->owned);
+    bind_bufs_free(m->be, &m->owned);
     free(m);
 }
 
@@ -628,13 +525,12 @@ size_t dit_work_estimate(const struct dit_config *c, int max_b, int max_n, int m
 
 /* --------------------------------------------------------------- forward */
 
-void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const struct lin *l)
+void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const struct bind_lin *l)
 {
     op_matmul(be, y, x, &l->w, l->has_b ? &l->b : NULL);
 }
 
-int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                struct tensor *out)
+int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, struct tensor *out)
 {
     if (in->b < 1 || in->b > w->max_b || in->n < 1 || in->n > w->max_n || in->t < 0 ||
         in->t > w->max_t)
@@ -654,9 +550,9 @@ double dit_flops(const struct dit_config *c, int b, int n, int t)
         bool pre = c->family == DIT_SD3 && i == c->num_layers - 1;
         double tq = pre ? 0 : t; /* pre-only block: no text queries / outputs */
         f += 2.0 * n * d * 3 * d + 2.0 * t * d * 3 * d; /* qkv */
-        f += 4.0 * (n + tq) * l * d;                   /* scores + weighted sum */
-        f += 2.0 * (n + tq) * d * d;                   /* out projections */
-        f += 2.0 * 2 * (n + tq) * d * mlp;             /* MLPs */
+        f += 4.0 * (n + tq) * l * d;                    /* scores + weighted sum */
+        f += 2.0 * (n + tq) * d * d;                    /* out projections */
+        f += 2.0 * 2 * (n + tq) * d * mlp;              /* MLPs */
         if (c->family == DIT_SD3 && c->dual_attention[i])
             f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
     }

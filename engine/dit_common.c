@@ -66,7 +66,7 @@ void dit_final_layer(struct dit *m, struct dit_work *w, const struct tensor *img
 
 /* MLP: x += gate * fc2(gelu_tanh(fc1(h))). */
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
-             const struct lin *fc1, const struct lin *fc2, const struct tensor *gate)
+             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate)
 {
     struct backend *be = m->be;
     int64_t d = m->cfg.hidden;
@@ -78,13 +78,12 @@ void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct t
     op_gated_add(be, x, &p, gate);
 }
 
-
 /* Project rows of x into q/k/v column layout [B, rows, D] and apply per-head
  * rms norms. */
 void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor *x,
-                struct tensor *q, struct tensor *k, struct tensor *v, const struct lin *lq,
-                const struct lin *lk, const struct lin *lv, const struct vec *nq,
-                const struct vec *nk, bool norms)
+             struct tensor *q, struct tensor *k, struct tensor *v, const struct bind_lin *lq,
+             const struct bind_lin *lk, const struct bind_lin *lv, const struct vec *nq,
+             const struct vec *nk, bool norms)
 {
     dit_lin(be, q, x, lq);
     dit_lin(be, k, x, lk);

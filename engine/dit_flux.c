@@ -15,7 +15,8 @@ static void attend(struct dit *m, struct dit_work *w, int b, int64_t l)
     struct tensor q = WV3(&w->q, b, l, c->hidden), k = WV3(&w->k, b, l, c->hidden),
                   v = WV3(&w->v, b, l, c->hidden), o = WV3(&w->o, b, l, c->hidden);
     struct tensor rope = WV4(&w->rope, b, l, c->head_dim / 2, 2);
-    struct tensor q4 = dit_heads4(&q, c), k4 = dit_heads4(&k, c), v4 = dit_heads4(&v, c), o4 = dit_heads4(&o, c);
+    struct tensor q4 = dit_heads4(&q, c), k4 = dit_heads4(&k, c), v4 = dit_heads4(&v, c),
+                  o4 = dit_heads4(&o, c);
     struct attn_params ap = {.scale = 1.0f / sqrtf((float)c->head_dim)};
     op_rope_apply(m->be, &q4, &rope);
     op_rope_apply(m->be, &k4, &rope);
@@ -64,14 +65,16 @@ static void double_block(struct dit *m, struct dit_work *w, const struct joint_b
     }
     {
         struct tensor hi = WV3(&w->h, b, n, d);
-        struct tensor sh = dit_chunk(&mod, 3, d), sc = dit_chunk(&mod, 4, d), g = dit_chunk(&mod, 5, d);
+        struct tensor sh = dit_chunk(&mod, 3, d), sc = dit_chunk(&mod, 4, d),
+                      g = dit_chunk(&mod, 5, d);
         op_layer_norm(be, &hi, &x_img, NULL, NULL, LN_EPS);
         op_modulate(be, &hi, &hi, &sh, &sc);
         dit_mlp(m, w, &x_img, &hi, &blk->ff1, &blk->ff2, &g);
     }
     {
         struct tensor ht = WV3(&w->h, b, t, d);
-        struct tensor sh = dit_chunk(&cmod, 3, d), sc = dit_chunk(&cmod, 4, d), g = dit_chunk(&cmod, 5, d);
+        struct tensor sh = dit_chunk(&cmod, 3, d), sc = dit_chunk(&cmod, 4, d),
+                      g = dit_chunk(&cmod, 5, d);
         op_layer_norm(be, &ht, &x_txt, NULL, NULL, LN_EPS);
         op_modulate(be, &ht, &ht, &sh, &sc);
         dit_mlp(m, w, &x_txt, &ht, &blk->cff1, &blk->cff2, &g);
@@ -100,7 +103,7 @@ static void single_block(struct dit *m, struct dit_work *w, const struct single_
     dit_lin(be, &big_mlp, &h, &blk->mlp);
     op_act(be, &big_mlp, &big_mlp, ACT_GELU_TANH);
     dit_qkv(be, c, &h, &q, &k, &v, &blk->attn.q, &blk->attn.k, &blk->attn.v, &blk->attn.nq,
-             &blk->attn.nk, true);
+            &blk->attn.nk, true);
     attend(m, w, b, l);
     op_copy(be, &big_attn, &o);
     dit_lin(be, &p, &big, &blk->out);

@@ -3,14 +3,8 @@
 #ifndef RALUD_ENGINE_DIT_INTERNAL_H
 #define RALUD_ENGINE_DIT_INTERNAL_H
 
+#include "engine/bind.h"
 #include "engine/dit.h"
-
-/* A linear layer: w [N, K] in checkpoint dtype (backend-visible view), b F32. */
-struct lin {
-    struct tensor w;
-    struct tensor b;
-    bool has_b;
-};
 
 /* An F32 vector owned by the model (norm gain), data NULL when absent. */
 struct vec {
@@ -18,45 +12,44 @@ struct vec {
 };
 
 struct attn_w {
-    struct lin q, k, v, out;        /* image side (out absent in FLUX single) */
-    struct lin aq, ak, av, aout;    /* context side (aout absent when pre-only) */
-    struct vec nq, nk, naq, nak;    /* qk rms norms */
+    struct bind_lin q, k, v, out;     /* image side (out absent in FLUX single) */
+    struct bind_lin aq, ak, av, aout; /* context side (aout absent when pre-only) */
+    struct vec nq, nk, naq, nak;      /* qk rms norms */
     bool has_out, has_ctx, has_aout;
 };
 
 struct joint_block {
-    struct lin norm1;               /* 6D, or 9D with dual attention (SD3.5) */
-    struct lin norm1_ctx;           /* 6D, or (scale, shift) halves when pre-only */
-    struct lin norm1_ctx_scale, norm1_ctx_shift;
+    struct bind_lin norm1;     /* 6D, or 9D with dual attention (SD3.5) */
+    struct bind_lin norm1_ctx; /* 6D, or (scale, shift) halves when pre-only */
+    struct bind_lin norm1_ctx_scale, norm1_ctx_shift;
     bool ctx_pre_only;
     bool dual;
     struct attn_w attn, attn2;
-    struct lin ff1, ff2, cff1, cff2;
+    struct bind_lin ff1, ff2, cff1, cff2;
 };
 
 struct single_block {
-    struct lin norm;                /* 3D */
-    struct attn_w attn;             /* q, k, v + norms */
-    struct lin mlp;                 /* D -> 4D */
-    struct lin out;                 /* 5D -> D */
+    struct bind_lin norm; /* 3D */
+    struct attn_w attn;   /* q, k, v + norms */
+    struct bind_lin mlp;  /* D -> 4D */
+    struct bind_lin out;  /* 5D -> D */
 };
 
 struct dit {
     struct dit_config cfg;
     struct backend *be;
     /* embeddings */
-    struct lin x_emb;              /* SD3: conv weight as [D, C*p*p]; FLUX: x_embedder */
-    struct tensor pos_table;       /* SD3 stored table [S*S, D] (any dtype), data NULL if none */
-    double pos_scale;              /* SD3 grid value per table unit */
+    struct bind_lin x_emb;   /* SD3: conv weight as [D, C*p*p]; FLUX: x_embedder */
+    struct tensor pos_table; /* SD3 stored table [S*S, D] (any dtype), data NULL if none */
+    double pos_scale;        /* SD3 grid value per table unit */
     double pos_maxdiff;
-    struct lin t1, t2, g1, g2, p1, p2; /* timestep, guidance, pooled embedders */
-    struct lin ctx_emb;
+    struct bind_lin t1, t2, g1, g2, p1, p2; /* timestep, guidance, pooled embedders */
+    struct bind_lin ctx_emb;
     struct joint_block blocks[DIT_MAX_LAYERS];
     struct single_block singles[DIT_MAX_LAYERS];
-    struct lin out_scale, out_shift; /* norm_out (AdaLayerNormContinuous) halves */
-    struct lin proj_out;
-    void **owned;                  /* backend buffers (F32 vectors) */
-    int n_owned, cap_owned;
+    struct bind_lin out_scale, out_shift; /* norm_out (AdaLayerNormContinuous) halves */
+    struct bind_lin proj_out;
+    struct bind_bufs owned; /* backend buffers (F32 vectors) */
 };
 
 struct dit_work {
@@ -68,15 +61,15 @@ struct dit_work {
     /* [B, *] vectors */
     struct tensor t256, temb, temb2, temb_silu, mod, cmod;
     /* streams and scratch, sized [B, T+N, *] */
-    struct tensor xs;     /* residual stream, text rows first */
-    struct tensor h;      /* normalised / modulated input */
-    struct tensor h2;     /* SD3.5 second modulation (image rows) */
+    struct tensor xs; /* residual stream, text rows first */
+    struct tensor h;  /* normalised / modulated input */
+    struct tensor h2; /* SD3.5 second modulation (image rows) */
     struct tensor q, k, v, o;
-    struct tensor proj;   /* projection outputs */
-    struct tensor big;    /* [B, L, 5D]: MLP hidden, FLUX single concat */
-    struct tensor rope;   /* [B, L, hd/2, 2] */
-    struct tensor ids;    /* [B, L, 3] joint ids (FLUX) */
-    struct tensor tok;    /* [B, N, C*p*p] output before reorder (SD3) */
+    struct tensor proj; /* projection outputs */
+    struct tensor big;  /* [B, L, 5D]: MLP hidden, FLUX single concat */
+    struct tensor rope; /* [B, L, hd/2, 2] */
+    struct tensor ids;  /* [B, L, 3] joint ids (FLUX) */
+    struct tensor tok;  /* [B, N, C*p*p] output before reorder (SD3) */
 };
 
 int dit_forward_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
@@ -86,7 +79,8 @@ int dit_forward_flux(struct dit *m, struct dit_work *w, const struct dit_inputs 
 
 /* Helpers used by both forwards. */
 /* y = x @ l.w^T + l.b */
-void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const struct lin *l);
+void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x,
+             const struct bind_lin *l);
 /* Contiguous view of the current shape at the start of a work buffer
  * (buffers are sized for the maximum shape). */
 struct tensor dit_wview(const struct tensor *buf, int ndim, const int64_t *ne);
@@ -126,11 +120,11 @@ void dit_final_layer(struct dit *m, struct dit_work *w, const struct tensor *img
 /* q/k/v projections of x into the given [B, rows, D] views, with per-head
  * rms norms when `norms`. */
 void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor *x,
-             struct tensor *q, struct tensor *k, struct tensor *v, const struct lin *lq,
-             const struct lin *lk, const struct lin *lv, const struct vec *nq,
+             struct tensor *q, struct tensor *k, struct tensor *v, const struct bind_lin *lq,
+             const struct bind_lin *lk, const struct bind_lin *lv, const struct vec *nq,
              const struct vec *nk, bool norms);
 /* x += gate * fc2(gelu_tanh(fc1(h))). */
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
-             const struct lin *fc1, const struct lin *fc2, const struct tensor *gate);
+             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate);
 
 #endif

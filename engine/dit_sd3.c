@@ -31,7 +31,8 @@ static void joint_block(struct dit *m, struct dit_work *w, const struct joint_bl
     dit_lin(be, &mod, &ts, &blk->norm1);
     op_layer_norm(be, &h_img, &x_img, NULL, NULL, LN_EPS);
     if (blk->dual) { /* second modulation of the same normalised input */
-        struct tensor h2 = WV3(&w->h2, b, n, d), s2 = dit_chunk(&mod, 6, d), c2 = dit_chunk(&mod, 7, d);
+        struct tensor h2 = WV3(&w->h2, b, n, d), s2 = dit_chunk(&mod, 6, d),
+                      c2 = dit_chunk(&mod, 7, d);
         op_modulate(be, &h2, &h_img, &s2, &c2);
     }
     {
@@ -70,7 +71,8 @@ static void joint_block(struct dit *m, struct dit_work *w, const struct joint_bl
         dit_lin(be, &pi, &oi, &a->out);
         op_gated_add(be, &x_img, &pi, &g);
         if (!blk->ctx_pre_only) {
-            struct tensor ot = dit_rows(&o, 0, t), pt = dit_rows(&p, 0, t), cg = dit_chunk(&cmod, 2, d);
+            struct tensor ot = dit_rows(&o, 0, t), pt = dit_rows(&p, 0, t),
+                          cg = dit_chunk(&cmod, 2, d);
             dit_lin(be, &pt, &ot, &a->aout);
             op_gated_add(be, &x_txt, &pt, &cg);
         }
@@ -80,9 +82,8 @@ static void joint_block(struct dit *m, struct dit_work *w, const struct joint_bl
     if (blk->dual) {
         const struct attn_w *a = &blk->attn2;
         struct tensor h2 = WV3(&w->h2, b, n, d);
-        struct tensor q2 = WV3(&w->q, b, n, d), k2 = WV3(&w->k, b, n, d),
-                      v2 = WV3(&w->v, b, n, d), o2 = WV3(&w->o, b, n, d),
-                      p2 = WV3(&w->proj, b, n, d);
+        struct tensor q2 = WV3(&w->q, b, n, d), k2 = WV3(&w->k, b, n, d), v2 = WV3(&w->v, b, n, d),
+                      o2 = WV3(&w->o, b, n, d), p2 = WV3(&w->proj, b, n, d);
         dit_qkv(be, c, &h2, &q2, &k2, &v2, &a->q, &a->k, &a->v, &a->nq, &a->nk, c->qk_norm);
         struct tensor q4 = dit_heads4(&q2, c);
         struct tensor k4 = dit_heads4(&k2, c);
@@ -97,14 +98,16 @@ static void joint_block(struct dit *m, struct dit_work *w, const struct joint_bl
     /* feed-forward */
     {
         struct tensor hi = WV3(&w->h, b, n, d); /* h is free again */
-        struct tensor sh = dit_chunk(&mod, 3, d), sc = dit_chunk(&mod, 4, d), g = dit_chunk(&mod, 5, d);
+        struct tensor sh = dit_chunk(&mod, 3, d), sc = dit_chunk(&mod, 4, d),
+                      g = dit_chunk(&mod, 5, d);
         op_layer_norm(be, &hi, &x_img, NULL, NULL, LN_EPS);
         op_modulate(be, &hi, &hi, &sh, &sc);
         dit_mlp(m, w, &x_img, &hi, &blk->ff1, &blk->ff2, &g);
     }
     if (!blk->ctx_pre_only) {
         struct tensor ht = WV3(&w->h, b, t, d);
-        struct tensor sh = dit_chunk(&cmod, 3, d), sc = dit_chunk(&cmod, 4, d), g = dit_chunk(&cmod, 5, d);
+        struct tensor sh = dit_chunk(&cmod, 3, d), sc = dit_chunk(&cmod, 4, d),
+                      g = dit_chunk(&cmod, 5, d);
         op_layer_norm(be, &ht, &x_txt, NULL, NULL, LN_EPS);
         op_modulate(be, &ht, &ht, &sh, &sc);
         dit_mlp(m, w, &x_txt, &ht, &blk->cff1, &blk->cff2, &g);

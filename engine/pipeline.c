@@ -15,7 +15,9 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "base/xalloc.h"
+#include "engine/cache.h"
 #include "engine/json_util.h"
+#include "engine/ralu_sched.h"
 #include "engine/rng.h"
 #include "engine/schedule.h"
 #include "engine/textenc.h"
@@ -211,18 +213,23 @@ void pipeline_bfree(struct bufs *b)
 /* ---------------------------------------------------------- text encoding */
 
 struct cond {
-    struct tensor ctx;    /* [2 or 1, T, joint] : rows [neg?, pos] */
-    struct tensor pooled; /* [2 or 1, pooled_dim] */
-    int n_seq;            /* 2 with a negative branch, else 1 */
+    struct tensor ctx;    /* [n_seq, T, joint]: per request [neg?, pos] */
+    struct tensor pooled; /* [n_seq, pooled_dim] */
+    int n_seq;            /* texts encoded */
     int t;                /* text tokens */
 };
 
+/* per_req: sequences per request in a batch, to name the request whose text
+ * fails (0: a single request, named by nobody). */
 static int tokenize(struct pipeline *p, int which, const char *const *texts, int nseq, int len,
-                    int32_t *ids, struct err_msg *em)
+                    int per_req, int32_t *ids, struct err_msg *em)
 {
     for (int s = 0; s < nseq; s++) {
         int rc = tok_encode(p->tok[which], texts[s], strlen(texts[s]), len, ids + (size_t)s * len,
                             NULL);
+        if (rc && per_req)
+            return err_set(em, rc, "request %d: tokenizer %s failed", s / per_req,
+                           comp_names[C_TOK1 + which]);
         if (rc)
             return err_set(em, rc, "tokenizer %s failed", comp_names[C_TOK1 + which]);
     }
@@ -231,9 +238,11 @@ static int tokenize(struct pipeline *p, int which, const char *const *texts, int
 
 /* SD3: ctx = [CLIP-L pen | CLIP-G pen | 0] (77 rows) ++ T5 rows; pooled =
  * [L text_embeds | G text_embeds]. FLUX: ctx = T5 rows; pooled = CLIP-L
- * pooler_output. texts[0] is the negative when nseq == 2. */
-static int encode(struct pipeline *p, const char *const *texts, int nseq, struct cond *c,
-                  struct bufs *bu, struct gen_timings *tm, struct err_msg *em)
+ * pooler_output. One row per text: a batch's requests go through each
+ * encoder in one call (the encoders are batch-invariant), per_req texts
+ * each (see tokenize). */
+static int encode(struct pipeline *p, const char *const *texts, int nseq, int per_req,
+                  struct cond *c, struct bufs *bu, struct gen_timings *tm, struct err_msg *em)
 {
     struct backend *be = p->be;
     const struct dit_config *dc = &p->dcfg;
@@ -265,7 +274,7 @@ static int encode(struct pipeline *p, const char *const *texts, int nseq, struct
         if (!p->clip[i] && (rc = te_clip_open(&p->clip[i], be, p->comp[C_TE1 + i], em)))
             goto done;
         const struct te_clip_config *cc = te_clip_cfg(p->clip[i]);
-        if ((rc = tokenize(p, i, texts, nseq, CLIP_LEN, ids, em)) ||
+        if ((rc = tokenize(p, i, texts, nseq, CLIP_LEN, per_req, ids, em)) ||
             (rc = te_clip_work_new(&cw, p->clip[i], nseq, CLIP_LEN)))
             goto done;
         struct te_clip_out co;
@@ -314,7 +323,7 @@ static int encode(struct pipeline *p, const char *const *texts, int nseq, struct
                          p->comp[t5c], te_t5_cfg(p->t5)->d_model, dc->joint_attention_dim);
             goto done;
         }
-        if ((rc = tokenize(p, t5tok, texts, nseq, L, ids, em)) ||
+        if ((rc = tokenize(p, t5tok, texts, nseq, L, per_req, ids, em)) ||
             (rc = te_t5_work_new(&tw, p->t5, nseq, L)))
             goto done;
         struct tensor dst = tensor_slice(&c->ctx, 1, sd3 ? CLIP_LEN : 0, L);
@@ -442,8 +451,140 @@ int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const flo
     return ERR_OK;
 }
 
+/* -------------------------------------------------------------- batching */
+
+/* Field by field, so that two requests that spell the same parameters in
+ * different memory batch together. */
+static bool same_ralu(const struct ralu_params *a, const struct ralu_params *b)
+{
+    if (!a || !b)
+        return a == b;
+    for (int k = 0; k < 3; k++)
+        if (a->N[k] != b->N[k] || a->e[k] != b->e[k] || a->h[k] != b->h[k])
+            return false;
+    return a->Z == b->Z && a->r == b->r;
+}
+
+/* NULL and CACHE_NONE mean the same. Compares every field of cache_params. */
+static bool same_cache(const struct cache_params *a, const struct cache_params *b)
+{
+    bool an = !a || a->method == CACHE_NONE, bn = !b || b->method == CACHE_NONE;
+    if (an || bn)
+        return an == bn;
+    return a->method == b->method && a->threshold == b->threshold && a->warmup == b->warmup &&
+           a->interval == b->interval && a->order == b->order && a->max_skip == b->max_skip;
+}
+
+static bool runs_cfg(const struct pipeline *p, const struct gen_request *r)
+{
+    if (p->fam == PIPE_SD3)
+        return r->guidance > 1.0f;
+    return r->true_cfg > 1.0f && r->negative_prompt;
+}
+
+/* Sizes and limits of request 0, the batch key of the others against it, and
+ * what each request alone would check. *n_out = images in the batch. One
+ * request keeps the messages of a single generation. */
+static int check_batch(const struct pipeline *p, const struct gen_request *const *reqs, int nreq,
+                       int *n_out, struct err_msg *em)
+{
+    const struct gen_request *r = reqs[0];
+    int n = 0;
+    if (r->width < 16 || r->height < 16 || r->width % 16 || r->height % 16)
+        return err_set(em, ERR_INVAL, "width and height must be positive multiples of 16");
+    if ((p->o.max_width && r->width > p->o.max_width) ||
+        (p->o.max_height && r->height > p->o.max_height))
+        return err_set(em, ERR_INVAL, "%dx%d exceeds the configured maximum %dx%d", r->width,
+                       r->height, p->o.max_width, p->o.max_height);
+    if (r->steps < 1 || r->steps > GEN_MAX_STEPS)
+        return err_set(em, ERR_INVAL, "steps must be 1..%d", GEN_MAX_STEPS);
+    for (int i = 0; i < nreq; i++) {
+        const struct gen_request *q = reqs[i];
+        char pfx[32] = "";
+        if (nreq > 1)
+            snprintf(pfx, sizeof pfx, "request %d: ", i);
+        if (!q->prompt)
+            return err_set(em, ERR_INVAL, "%sprompt is required", pfx);
+        if (q->seed > RNG_SEED_MAX)
+            return err_set(em, ERR_INVAL, "%sseed must be at most 2^53-1", pfx);
+        n += q->n < 1 ? 1 : q->n;
+        if (i == 0)
+            continue;
+        const char *field = NULL;
+        double va = 0, vb = 0;
+        if (q->width != r->width)
+            field = "width", va = r->width, vb = q->width;
+        else if (q->height != r->height)
+            field = "height", va = r->height, vb = q->height;
+        else if (q->steps != r->steps)
+            field = "steps", va = r->steps, vb = q->steps;
+        else if (q->guidance != r->guidance)
+            field = "guidance", va = r->guidance, vb = q->guidance;
+        else if (q->true_cfg != r->true_cfg)
+            field = "true_cfg", va = r->true_cfg, vb = q->true_cfg;
+        if (field)
+            return err_set(em, ERR_INVAL,
+                           "request %d: %s %g differs from request 0's %g; batched requests "
+                           "share width, height, steps, guidance, true_cfg, ralu and cache",
+                           i, field, vb, va);
+        if (!same_ralu(q->ralu, r->ralu))
+            field = "ralu";
+        else if (!same_cache(q->cache, r->cache))
+            field = "cache";
+        if (field)
+            return err_set(em, ERR_INVAL,
+                           "request %d: %s differs from request 0's; batched requests share "
+                           "width, height, steps, guidance, true_cfg, ralu and cache",
+                           i, field);
+        /* FLUX runs true CFG only with a negative prompt: a batch is all or none. */
+        if (runs_cfg(p, q) != runs_cfg(p, r))
+            return err_set(em, ERR_INVAL,
+                           "request %d: negative_prompt %s but request 0's %s; with true_cfg > 1 "
+                           "a batch runs CFG for all requests or none",
+                           i, q->negative_prompt ? "given" : "missing",
+                           r->negative_prompt ? "is given" : "is missing");
+    }
+    if (n > p->o.max_batch) {
+        if (nreq == 1)
+            return err_set(em, ERR_INVAL, "n = %d exceeds the configured maximum %d", n,
+                           p->o.max_batch);
+        return err_set(em, ERR_INVAL, "the batch's %d images exceed the configured maximum %d", n,
+                       p->o.max_batch);
+    }
+    *n_out = n;
+    return ERR_OK;
+}
+
+/* Per-request outputs from the batch's counters: the forward batch and the
+ * VAE are linear in the images, so a request's nfe, flops and vae_flops are
+ * its share of the batch's (its images / all images), which is what it
+ * would have cost alone. Timings and cache step counts are the batch's. */
+static void split_outputs(const struct gen_output *agg, const struct gen_request *const *reqs,
+                          int nreq, int n, struct gen_output *outs)
+{
+    for (int i = 0; i < nreq; i++) {
+        int ni = reqs[i]->n < 1 ? 1 : reqs[i]->n;
+        struct gen_output *o = &outs[i];
+        o->t = agg->t;
+        o->nfe = (int)((int64_t)agg->nfe * ni / n);
+        o->flops = agg->flops * ni / n;
+        o->vae_flops = agg->vae_flops * ni / n;
+        memcpy(o->cache_hits, agg->cache_hits, sizeof o->cache_hits);
+        memcpy(o->cache_computed, agg->cache_computed, sizeof o->cache_computed);
+    }
+}
+
 int pipeline_generate(struct pipeline *p, const struct gen_request *r, const struct gen_hooks *h,
                       struct gen_output *out, struct err_msg *em)
+{
+    return pipeline_generate_batch(p, &r, 1, h, out, em);
+}
+
+/* The images of the batch are the requests' images in request order: image
+ * j belongs to bimg[j].req. A forward batch holds [neg x n, pos x n] with
+ * CFG, else [pos x n]; the texts are encoded per request [neg?, pos]. */
+int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const *reqs, int nreq,
+                            const struct gen_hooks *h, struct gen_output *outs, struct err_msg *em)
 {
     struct backend *be = p->be;
     const struct dit_config *dc = &p->dcfg;
@@ -452,43 +593,54 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     struct dit_work *dw = NULL;
     struct vae_work *vw = NULL;
     struct schedule sch;
+    struct gen_output agg; /* the whole batch's counters and timings */
+    struct batch_img *bimg = NULL;
+    const char **texts = NULL;
     float *host = NULL;
     double t_start = clock_sec(), t0;
-    int rc, n = r->n < 1 ? 1 : r->n;
+    int rc, n = 0;
     bool sd3 = p->fam == PIPE_SD3;
 
-    memset(out, 0, sizeof *out);
-    if (r->width < 16 || r->height < 16 || r->width % 16 || r->height % 16)
-        return err_set(em, ERR_INVAL, "width and height must be positive multiples of 16");
-    if ((p->o.max_width && r->width > p->o.max_width) ||
-        (p->o.max_height && r->height > p->o.max_height))
-        return err_set(em, ERR_INVAL, "%dx%d exceeds the configured maximum %dx%d", r->width,
-                       r->height, p->o.max_width, p->o.max_height);
-    if (n > p->o.max_batch)
-        return err_set(em, ERR_INVAL, "n = %d exceeds the configured maximum %d", n,
-                       p->o.max_batch);
-    if (r->steps < 1 || r->steps > GEN_MAX_STEPS)
-        return err_set(em, ERR_INVAL, "steps must be 1..%d", GEN_MAX_STEPS);
-    if (r->seed > RNG_SEED_MAX)
-        return err_set(em, ERR_INVAL, "seed must be at most 2^53-1");
+    if (!reqs || nreq < 1)
+        return err_set(em, ERR_INVAL, "a batch needs at least one request");
+    for (int i = 0; i < nreq; i++)
+        memset(&outs[i], 0, sizeof outs[i]);
+    memset(&agg, 0, sizeof agg);
+    if ((rc = check_batch(p, reqs, nreq, &n, em)))
+        return rc;
+    const struct gen_request *r = reqs[0]; /* the batch key */
+    bimg = xmalloc(sizeof *bimg * (size_t)n);
+    for (int i = 0, j = 0; i < nreq; i++) {
+        int ni = reqs[i]->n < 1 ? 1 : reqs[i]->n;
+        for (int k = 0; k < ni; k++, j++)
+            bimg[j] = (struct batch_img){.r = reqs[i], .req = i, .k = k, .n = ni};
+    }
 
-    /* 1. prompts */
-    bool cfg = sd3 ? r->guidance > 1.0f : (r->true_cfg > 1.0f && r->negative_prompt);
-    const char *texts[2] = {r->negative_prompt ? r->negative_prompt : "", r->prompt};
-    int nseq = cfg ? 2 : 1;
-    if ((rc = encode(p, cfg ? texts : texts + 1, nseq, &cond, &bu, &out->t, em)))
+    /* 1. prompts: every request's texts through each encoder at once */
+    bool cfg = runs_cfg(p, r);
+    int per = cfg ? 2 : 1;
+    texts = xmalloc(sizeof *texts * (size_t)nreq * per);
+    for (int i = 0; i < nreq; i++) {
+        if (cfg)
+            texts[2 * i] = reqs[i]->negative_prompt ? reqs[i]->negative_prompt : "";
+        texts[per * i + per - 1] = reqs[i]->prompt;
+    }
+    if ((rc = encode(p, texts, nreq * per, nreq > 1 ? per : 0, &cond, &bu, &agg.t, em)))
         goto done;
-    if (cfg) {
-        struct tensor ng = tensor_slice(&cond.ctx, 0, 0, 1), ps = tensor_slice(&cond.ctx, 0, 1, 1);
-        struct tensor ngp = tensor_slice(&cond.pooled, 0, 0, 1),
-                      psp = tensor_slice(&cond.pooled, 0, 1, 1);
-        probe(h, be, "negative_prompt_embeds", 0, &ng);
-        probe(h, be, "prompt_embeds", 0, &ps);
-        probe(h, be, "negative_pooled_prompt_embeds", 0, &ngp);
-        probe(h, be, "pooled_prompt_embeds", 0, &psp);
-    } else {
-        probe(h, be, "prompt_embeds", 0, &cond.ctx);
-        probe(h, be, "pooled_prompt_embeds", 0, &cond.pooled);
+    for (int i = 0; i < nreq; i++) { /* probe index = request index */
+        struct tensor ps = tensor_slice(&cond.ctx, 0, per * i + per - 1, 1);
+        struct tensor psp = tensor_slice(&cond.pooled, 0, per * i + per - 1, 1);
+        if (cfg) {
+            struct tensor ng = tensor_slice(&cond.ctx, 0, 2 * i, 1);
+            struct tensor ngp = tensor_slice(&cond.pooled, 0, 2 * i, 1);
+            probe(h, be, "negative_prompt_embeds", i, &ng);
+            probe(h, be, "prompt_embeds", i, &ps);
+            probe(h, be, "negative_pooled_prompt_embeds", i, &ngp);
+            probe(h, be, "pooled_prompt_embeds", i, &psp);
+        } else {
+            probe(h, be, "prompt_embeds", i, &ps);
+            probe(h, be, "pooled_prompt_embeds", i, &psp);
+        }
     }
     if (cancelled(h, "encode", 0, 0)) {
         rc = ERR_CANCELLED;
@@ -499,7 +651,8 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     int lh = r->height / 8, lw = r->width / 8, C = sd3 ? dc->in_channels : dc->in_channels / 4;
     int ph = sd3 ? dc->patch_size : 2;
     int th = lh / ph, tw = lw / ph, N = th * tw, tokw = C * ph * ph, T = cond.t;
-    int B = cfg ? 2 * n : n;
+    int B = per * n;
+    size_t img_elems = (size_t)C * lh * lw;
     struct tensor noise, x, xin, v2, v, pos, txt, pooled, nchw;
     if ((rc = pipeline_balloc(&bu, &noise, 4, (int64_t[]){n, C, lh, lw})) ||
         (rc = pipeline_balloc(&bu, &x, 3, (int64_t[]){n, N, tokw})) ||
@@ -511,30 +664,36 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         (rc = pipeline_balloc(&bu, &pooled, 2, (int64_t[]){B, dc->pooled_projection_dim})) ||
         (rc = pipeline_balloc(&bu, &nchw, 4, (int64_t[]){n, C, lh, lw})))
         goto done;
-    host = malloc(sizeof(float) * (size_t)B * N * 3 > sizeof(float) * (size_t)n * C * lh * lw
+    host = malloc(sizeof(float) * (size_t)B * N * 3 > sizeof(float) * n * img_elems
                       ? sizeof(float) * (size_t)B * N * 3
-                      : sizeof(float) * (size_t)n * C * lh * lw);
+                      : sizeof(float) * n * img_elems);
     if (!host) {
         rc = ERR_NOMEM;
         goto done;
     }
-    if (r->init_latents) {
-        size_t cnt = (size_t)n * C * lh * lw;
-        if ((rc = op_upload(be, sd3 ? noise.data : x.data, r->init_latents, cnt * 4)))
+    for (int i = 0, j0 = 0; i < nreq; j0 += bimg[j0].n, i++) {
+        const struct gen_request *q = reqs[i];
+        int ni = bimg[j0].n;
+        struct tensor nz = tensor_slice(&noise, 0, j0, ni), xs = tensor_slice(&x, 0, j0, ni);
+        size_t bytes = sizeof(float) * ni * img_elems;
+        if (q->init_latents) {
+            if ((rc = op_upload(be, sd3 ? nz.data : xs.data, q->init_latents, bytes)))
+                goto done;
+            if (sd3)
+                op_patchify(be, &xs, &nz, ph);
+            continue;
+        }
+        float *hn = host + (size_t)j0 * img_elems;
+        for (int k = 0; k < ni; k++) /* image k: the request's seed + k, NCHW element order */
+            rng_normal(q->seed + (uint64_t)k, RNG_STREAM_LATENTS, 0, hn + (size_t)k * img_elems,
+                       (int64_t)img_elems);
+        if ((rc = op_upload(be, nz.data, hn, bytes)))
             goto done;
-        if (sd3)
-            op_patchify(be, &x, &noise, ph);
-    } else {
-        for (int i = 0; i < n; i++) /* image i: its own seed, NCHW element order */
-            rng_normal(r->seed + (uint64_t)i, RNG_STREAM_LATENTS, 0,
-                       host + (size_t)i * C * lh * lw, (int64_t)C * lh * lw);
-        if ((rc = op_upload(be, noise.data, host, (size_t)n * C * lh * lw * 4)))
-            goto done;
-        op_patchify(be, &x, &noise, ph); /* FLUX packing is the same (c, dy, dx) order */
+        op_patchify(be, &xs, &nz, ph); /* FLUX packing is the same (c, dy, dx) order */
     }
-    /* conditioning per forward slot: [neg x n, pos x n] or [pos x n] */
+    /* conditioning per forward slot, from the slot's request */
     for (int b = 0; b < B; b++) {
-        int src = cfg ? (b < n ? 0 : 1) : 0;
+        int i = bimg[b % n].req, src = cfg ? 2 * i + (b < n ? 0 : 1) : i;
         struct tensor dt = tensor_slice(&txt, 0, b, 1), st = tensor_slice(&cond.ctx, 0, src, 1);
         struct tensor dp = tensor_slice(&pooled, 0, b, 1), sp = tensor_slice(&cond.pooled, 0, src, 1);
         op_copy(be, &dt, &st);
@@ -549,10 +708,10 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         err_set(em, rc, "cannot allocate transformer work buffers");
         goto done;
     }
-    struct denoise_ctx d = {.p = p, .h = h, .out = out, .dw = dw, .cfg = cfg, .n = n, .B = B,
+    struct denoise_ctx d = {.p = p, .h = h, .out = &agg, .dw = dw, .cfg = cfg, .n = n, .B = B,
                             .T = T, .tokw = tokw, .txt = &txt, .pooled = &pooled, .xin = &xin,
                             .v2 = &v2, .v = &v, .pos = &pos, .guidance = r->guidance,
-                            .cfg_scale = sd3 ? r->guidance : r->true_cfg};
+                            .cfg_scale = sd3 ? r->guidance : r->true_cfg, .img = bimg};
     if (r->ralu) {
         rc = pipeline_ralu(&d, r, &x, &noise, host, em);
     } else {
@@ -568,7 +727,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
     }
     if (rc)
         goto done;
-    out->t.denoise_ms = ms_since(t0);
+    agg.t.denoise_ms = ms_since(t0);
     probe_latents(p, h, "latents_out", 0, &x, &nchw);
     dit_work_free(dw);
     dw = NULL;
@@ -594,17 +753,24 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         if ((rc = vae_work_new(&vw, p->vae, n, r->height, r->width)) ||
             (rc = vae_decode(p->vae, vw, &z, &img)))
             goto done;
-        out->vae_flops += vae_decode_flops(vc, n, lh, lw);
+        agg.vae_flops += vae_decode_flops(vc, n, lh, lw);
         op_affine(be, &img, &img, 0.0f, 1.0f, 2.0f, 0.5f, 0.0f, 1.0f);
         probe(h, be, "image", 0, &img);
-        out->rgb = malloc(sizeof(float) * (size_t)n * r->height * r->width * 3);
-        if (!out->rgb) {
-            rc = ERR_NOMEM;
-            goto done;
+        size_t px = (size_t)r->height * r->width * 3;
+        for (int i = 0, j0 = 0; i < nreq; j0 += bimg[j0].n, i++) {
+            int ni = bimg[j0].n;
+            struct tensor mine = tensor_slice(&img, 0, j0, ni);
+            outs[i].rgb = malloc(sizeof(float) * ni * px);
+            if (!outs[i].rgb) {
+                rc = ERR_NOMEM;
+                goto done;
+            }
+            if ((rc = op_download(be, outs[i].rgb, mine.data, sizeof(float) * ni * px)))
+                goto done;
+            outs[i].n = ni;
+            outs[i].width = r->width;
+            outs[i].height = r->height;
         }
-        if ((rc = op_download(be, out->rgb, img.data,
-                              sizeof(float) * (size_t)n * r->height * r->width * 3)))
-            goto done;
     }
     /* The work buffers belong to the VAE's backend state: free them first. */
     vae_work_free(vw);
@@ -613,10 +779,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
         vae_free(p->vae);
         p->vae = NULL;
     }
-    out->t.vae_ms = ms_since(t0);
-    out->n = n;
-    out->width = r->width;
-    out->height = r->height;
+    agg.t.vae_ms = ms_since(t0);
     rc = ERR_OK;
 done:
     if (rc && em && !em->text[0])
@@ -625,11 +788,15 @@ done:
     dit_work_free(dw);
     pipeline_bfree(&bu);
     free(host);
-    if (rc) {
-        free(out->rgb);
-        out->rgb = NULL;
+    free(texts);
+    free(bimg);
+    agg.t.total_ms = ms_since(t_start);
+    split_outputs(&agg, reqs, nreq, n, outs);
+    for (int i = 0; rc && i < nreq; i++) {
+        free(outs[i].rgb);
+        outs[i].rgb = NULL;
+        outs[i].n = 0;
     }
-    out->t.total_ms = ms_since(t_start);
     return rc;
 }
 

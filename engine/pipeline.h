@@ -28,7 +28,7 @@ struct cache_params; /* engine/cache.h */
 
 struct pipeline_opts {
     int max_width, max_height; /* sizes the activation arenas (and the 400 limits) */
-    int max_batch;             /* images per request */
+    int max_batch;             /* images per call (all of a batch's requests) */
     int max_sequence_length;   /* T5 tokens; 0 = family default (SD3 256, FLUX 512) */
     bool keep_loaded;          /* daemon: keep every component mapped */
     bool no_t5;                /* SD3: skip T5, zeros instead (as the reference) */
@@ -113,8 +113,9 @@ void pipeline_set_max_sequence_length(struct pipeline *p, int n);
 int pipeline_plan(struct pipeline *p, const struct gen_request *r, char *buf, size_t n,
                   struct err_msg *em);
 
-/* Run one request. ERR_INVAL (named in em) for sizes the arenas cannot
- * hold; ERR_CANCELLED when cancelled. out->rgb is malloc'd on success. */
+/* Run one request: pipeline_generate_batch with nreq = 1. ERR_INVAL
+ * (named in em) for sizes the arenas cannot hold; ERR_CANCELLED when
+ * cancelled. out->rgb is malloc'd on success. */
 int pipeline_generate(struct pipeline *p, const struct gen_request *r, const struct gen_hooks *h,
                       struct gen_output *out, struct err_msg *em);
 /* Run nreq requests as one batched denoise. They share the batch key
@@ -123,7 +124,21 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
  * seed. outs[i] receives request i's images, bit-identical on the CPU to
  * running request i alone with pipeline_generate. A request-specific error
  * (e.g. a prompt the tokenizer rejects) fails the whole call naming the
- * request index in em. */
+ * request index in em.
+ *
+ * ERR_INVAL, naming the field and the request, for a request whose key
+ * differs from request 0's (ralu and cache are compared by value; a NULL
+ * cache equals CACHE_NONE). FLUX with true_cfg > 1 runs CFG only with a
+ * negative prompt, so there either every request has one or none has.
+ * max_batch bounds the images of all requests together.
+ *
+ * Per-request outputs: rgb and n are the request's own. nfe, flops and
+ * vae_flops are the request's share of the batch's (its images over all
+ * images), which equals what it costs alone since the batch is linear in
+ * the images. Timings are the batch's stages (total_ms is the whole call),
+ * and cache_hits / cache_computed the batch's step counts, in every output.
+ * Probes see whole-batch tensors (images in request order), except the
+ * prompt embeddings, probed per request with index = request index. */
 int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const *reqs, int nreq,
                             const struct gen_hooks *h, struct gen_output *outs,
                             struct err_msg *em);

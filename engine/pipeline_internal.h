@@ -41,6 +41,13 @@ struct bufs {
 int pipeline_balloc(struct bufs *b, struct tensor *t, int ndim, const int64_t *ne);
 void pipeline_bfree(struct bufs *b);
 
+/* Image j of a batched generation: request r (index req, n images) and
+ * its index k there. Its draws are keyed by r->seed + k, as alone. */
+struct batch_img {
+    const struct gen_request *r;
+    int req, k, n;
+};
+
 /* Everything one run of denoising steps needs. Buffers are sized for the
  * largest token count; pipeline_run_steps takes contiguous views. */
 struct denoise_ctx {
@@ -53,6 +60,7 @@ struct denoise_ctx {
     const struct tensor *txt, *pooled; /* [B, T, joint], [B, pooled] */
     const struct tensor *xin, *v2, *v, *pos; /* work buffers */
     float guidance, cfg_scale;
+    const struct batch_img *img; /* [n]: who owns each image */
 };
 
 #define WVIEW3(buf, a, b, c) tensor_make((buf)->data, DTYPE_F32, 3, (int64_t[]){(a), (b), (c)})
@@ -71,7 +79,9 @@ int pipeline_schedule(const struct pipeline *p, int steps, int n_tokens, struct 
 /* Grid positions of a th x tw token grid: SD3 table coordinates, FLUX ids. */
 void pipeline_grid_pos(const struct pipeline *p, int th, int tw, float *out);
 /* The RALU sampler: x [n, M, tokw] in, final full-resolution latents out;
- * noise_nchw holds the initial noise [n, C, lh, lw]; host is scratch. */
+ * noise_nchw holds the initial noise [n, C, lh, lw] (FLUX: it is unpacked
+ * again from x); host is scratch. r carries the batch key; each image's
+ * draws come from its own request (d->img). */
 int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct tensor *x,
                   struct tensor *noise_nchw, float *host, struct err_msg *em);
 

@@ -141,7 +141,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     /* ---- stage 1: even-pixel nearest downsample of the initial noise ---- */
     t0 = clock_sec();
     {
-        if (r->init_latents && !sd3) /* packed reference noise: unpack first */
+        /* FLUX: unpack x, an exact permutation: drawn noise comes back bit
+         * for bit, packed reference noise (init_latents) gets unpacked. */
+        if (!sd3)
             op_unpatchify(be, noise_nchw, x, 2, PATCH_CPQ);
         op_subsample2x(be, &lownchw, noise_nchw);
         op_patchify(be, &x1, &lownchw, 2);
@@ -198,11 +200,13 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     op_gray_u8(be, &gray, &img);
     op_canny(be, &edges, &gray, 100, 200);
     op_block_sum(be, &scores, &edges, 2 * vs);
-    for (int b = 0; b < n; b++) {
-        if (r->ralu_tiebreak && n == 1)
-            memcpy(host, r->ralu_tiebreak, sizeof(float) * Md);
+    for (int b = 0; b < n; b++) { /* keyed by the image's own seed, as alone */
+        const struct batch_img *bi = &d->img[b];
+        if (bi->r->ralu_tiebreak && bi->n == 1)
+            memcpy(host + (size_t)b * Md, bi->r->ralu_tiebreak, sizeof(float) * Md);
         else
-            rng_normal(r->seed + (uint64_t)b, RNG_STREAM_TIEBREAK, 0, host + (size_t)b * Md, Md);
+            rng_normal(bi->r->seed + (uint64_t)bi->k, RNG_STREAM_TIEBREAK, 0, host + (size_t)b * Md,
+                       Md);
     }
     if ((rc = op_upload(be, tieb.data, host, sizeof(float) * (size_t)n * Md)))
         goto done;
@@ -222,12 +226,13 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         op_gather_rows(be, &x2, &x1, &idx2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
+            const struct batch_img *bi = &d->img[b];
             float *hb = host + (size_t)b * T2 * tokw;
-            if (r->ralu_noise2 && n == 1)
-                memcpy(hb, r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
+            if (bi->r->ralu_noise2 && bi->n == 1)
+                memcpy(hb, bi->r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
             else
-                draw_noise(hb, r->seed + (uint64_t)b, RNG_STREAM_RENOISE_1, Md - K, K, false,
-                           tokw, rs.c);
+                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
+                           false, tokw, rs.c);
         }
         struct tensor nz = WVIEW3(&noise, n, T2, tokw);
         if ((rc = op_upload(be, nz.data, host, sizeof(float) * (size_t)n * T2 * tokw)))
@@ -260,12 +265,13 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         op_gather_rows(be, &x3u, &x2, &idx3);
         probe(h, be, "stage3_latents_prenoise", 0, &x3u);
         for (int b = 0; b < n; b++) {
+            const struct batch_img *bi = &d->img[b];
             float *hb = host + (size_t)b * M * tokw;
-            if (r->ralu_noise3 && n == 1)
-                memcpy(hb, r->ralu_noise3, sizeof(float) * (size_t)M * tokw);
+            if (bi->r->ralu_noise3 && bi->n == 1)
+                memcpy(hb, bi->r->ralu_noise3, sizeof(float) * (size_t)M * tokw);
             else
-                draw_noise(hb, r->seed + (uint64_t)b, RNG_STREAM_RENOISE_2, 4 * K, Md - K, true,
-                           tokw, rs.c);
+                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
+                           Md - K, true, tokw, rs.c);
         }
         if ((rc = op_upload(be, noise.data, host, sizeof(float) * (size_t)n * M * tokw)))
             goto done;

@@ -22,7 +22,7 @@
 
 struct te_clip_layer {
     struct tensor ln1_w, ln1_b, ln2_w, ln2_b; /* [C] F32 */
-    struct te_lin q, k, v, o, fc1, fc2;
+    struct bind_lin q, k, v, o, fc1, fc2;
 };
 
 struct te_clip {
@@ -32,17 +32,17 @@ struct te_clip {
     struct tensor tok, pos; /* [vocab, C], [max_positions, C], checkpoint dtype */
     struct te_clip_layer *layers;
     struct tensor fin_w, fin_b;
-    struct te_lin proj; /* text_projection [P, C], no bias (WithProjection) */
-    struct te_bufs owned;
+    struct bind_lin proj; /* text_projection [P, C], no bias (WithProjection) */
+    struct bind_bufs owned;
 };
 
 struct te_clip_work {
     struct te_clip *m;
     int max_b, max_len;
-    struct te_bufs bufs;
+    struct bind_bufs bufs;
     /* [B, L, C] unless noted */
-    struct tensor h;    /* residual stream */
-    struct tensor x;    /* layer-norm output; final LN when `last` is not wanted */
+    struct tensor h; /* residual stream */
+    struct tensor x; /* layer-norm output; final LN when `last` is not wanted */
     struct tensor q, k, v, o;
     struct tensor t;    /* projection outputs, position embeddings */
     struct tensor f;    /* [B, L, intermediate] */
@@ -72,12 +72,11 @@ int te_clip_config_load(struct te_clip_config *cfg, const char *path, struct err
         (rc = ju_int(o, "num_hidden_layers", 12, 1, 1024, &cfg->layers, path, em)) ||
         (rc = ju_int(o, "num_attention_heads", 8, 1, 1024, &cfg->heads, path, em)) ||
         (rc = ju_int(o, "intermediate_size", 2048, 1, 1 << 20, &cfg->intermediate, path, em)) ||
-        (rc = ju_int(o, "max_position_embeddings", 77, 1, 1 << 20, &cfg->max_positions, path,
-                     em)) ||
+        (rc =
+             ju_int(o, "max_position_embeddings", 77, 1, 1 << 20, &cfg->max_positions, path, em)) ||
         (rc = ju_int(o, "vocab_size", 49408, 1, INT_MAX, &cfg->vocab, path, em)) ||
         (rc = ju_int(o, "projection_dim", 512, 1, 1 << 20, &cfg->projection_dim, path, em)) ||
-        (rc = ju_int(o, "eos_token_id", 49407, INT_MIN, INT_MAX, &cfg->eos_token_id, path,
-                     em)) ||
+        (rc = ju_int(o, "eos_token_id", 49407, INT_MIN, INT_MAX, &cfg->eos_token_id, path, em)) ||
         (rc = ju_num(o, "layer_norm_eps", 1e-5, &eps, path, em)) ||
         (rc = ju_str(o, "hidden_act", &act, path, em)))
         goto done;
@@ -87,8 +86,9 @@ int te_clip_config_load(struct te_clip_config *cfg, const char *path, struct err
         goto done;
     }
     if (cfg->hidden % cfg->heads) {
-        rc = err_set(em, ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
-                     path, cfg->hidden, cfg->heads);
+        rc = err_set(em, ERR_FORMAT,
+                     "%s: hidden_size %d is not a multiple of num_attention_heads %d", path,
+                     cfg->hidden, cfg->heads);
         goto done;
     }
     cfg->head_dim = cfg->hidden / cfg->heads;
@@ -105,7 +105,7 @@ int te_clip_load(struct te_clip **out, struct backend *be, const struct te_clip_
                  struct wsrc *src, struct err_msg *em)
 {
     struct te_clip *m = xcalloc(1, sizeof *m);
-    struct te_binder bd = {.be = be, .src = src, .owned = &m->owned, .em = em};
+    struct binder bd = {.be = be, .src = src, .owned = &m->owned, .em = em};
     const int64_t c = cfg->hidden, ff = cfg->intermediate;
     char p[160], n[256];
     int rc;
@@ -124,13 +124,13 @@ int te_clip_load(struct te_clip **out, struct backend *be, const struct te_clip_
     for (int i = 0; i < cfg->layers; i++) {
         struct te_clip_layer *l = &m->layers[i];
         snprintf(p, sizeof p, "text_model.encoder.layers.%d", i);
-#define VEC(field, suffix)                                  \
-    snprintf(n, sizeof n, "%s.%s", p, suffix);              \
-    if ((rc = te__bind_vec(&bd, &l->field, n, c)))          \
+#define VEC(field, suffix)                     \
+    snprintf(n, sizeof n, "%s.%s", p, suffix); \
+    if ((rc = bind_vec(&bd, &l->field, n, c))) \
         goto fail;
-#define LIN(field, suffix, rows, cols)                        \
-    snprintf(n, sizeof n, "%s.%s", p, suffix);                \
-    if ((rc = te__bind_lin(&bd, &l->field, n, rows, cols, 1))) \
+#define LIN(field, suffix, rows, cols)                     \
+    snprintf(n, sizeof n, "%s.%s", p, suffix);             \
+    if ((rc = bind_lin(&bd, &l->field, n, rows, cols, 1))) \
         goto fail;
         VEC(ln1_w, "layer_norm1.weight");
         VEC(ln1_b, "layer_norm1.bias");
@@ -145,11 +145,11 @@ int te_clip_load(struct te_clip **out, struct backend *be, const struct te_clip_
 #undef VEC
 #undef LIN
     }
-    if ((rc = te__bind_vec(&bd, &m->fin_w, "text_model.final_layer_norm.weight", c)) ||
-        (rc = te__bind_vec(&bd, &m->fin_b, "text_model.final_layer_norm.bias", c)))
+    if ((rc = bind_vec(&bd, &m->fin_w, "text_model.final_layer_norm.weight", c)) ||
+        (rc = bind_vec(&bd, &m->fin_b, "text_model.final_layer_norm.bias", c)))
         goto fail;
     if (cfg->projection &&
-        (rc = te__bind_lin(&bd, &m->proj, "text_projection", cfg->projection_dim, c, 0)))
+        (rc = bind_lin(&bd, &m->proj, "text_projection", cfg->projection_dim, c, 0)))
         goto fail;
     if ((rc = op_sync(be))) {
         err_set(em, rc, "backend error while loading the CLIP text encoder");
@@ -169,8 +169,7 @@ int te_clip_open(struct te_clip **out, struct backend *be, const char *dir, stru
     char path[1200];
     int rc;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = te_clip_config_load(&cfg, path, em)) ||
-        (rc = wsrc_open_dir(&src, dir, "model", em)))
+    if ((rc = te_clip_config_load(&cfg, path, em)) || (rc = wsrc_open_dir(&src, dir, "model", em)))
         return rc;
     if ((rc = te_clip_load(out, be, &cfg, src, em))) {
         wsrc_close(src);
@@ -184,7 +183,7 @@ void te_clip_free(struct te_clip *m)
 {
     if (!m)
         return;
-    te__bufs_free(m->be, &m->owned);
+    bind_bufs_free(m->be, &m->owned);
     wsrc_close(m->own_src);
     free(m->layers);
     free(m);
@@ -206,16 +205,16 @@ int te_clip_work_new(struct te_clip_work **out, struct te_clip *m, int max_b, in
     w->m = m;
     w->max_b = max_b;
     w->max_len = max_len;
-    if ((rc = te__buf(be, &w->bufs, &w->h, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->x, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->q, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->k, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->v, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->o, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->t, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->f, DTYPE_F32, rows * c->intermediate)) ||
-        (rc = te__buf(be, &w->bufs, &w->pool, DTYPE_F32, (int64_t)max_b * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->idx, DTYPE_I32, max_b)))
+    if ((rc = bind_buf(be, &w->bufs, &w->h, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->x, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->q, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->k, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->v, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->o, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->t, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->f, DTYPE_F32, rows * c->intermediate)) ||
+        (rc = bind_buf(be, &w->bufs, &w->pool, DTYPE_F32, (int64_t)max_b * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->idx, DTYPE_I32, max_b)))
         goto fail;
     w->pos_ids = xmalloc((size_t)rows * sizeof *w->pos_ids);
     w->idx_host = xmalloc((size_t)max_b * sizeof *w->idx_host);
@@ -230,7 +229,7 @@ void te_clip_work_free(struct te_clip_work *w)
 {
     if (!w)
         return;
-    te__bufs_free(w->m->be, &w->bufs);
+    bind_bufs_free(w->m->be, &w->bufs);
     free(w->pos_ids);
     free(w->idx_host);
     free(w);

@@ -29,8 +29,8 @@
 
 struct te_t5_layer {
     struct tensor ln0, ln1; /* [C] F32 */
-    struct te_lin q, k, v, o;
-    struct te_lin wi0, wi1, wo; /* not gated: wi0 is "wi" and wi1 is unused */
+    struct bind_lin q, k, v, o;
+    struct bind_lin wi0, wi1, wo; /* not gated: wi0 is "wi" and wi1 is unused */
 };
 
 struct te_t5 {
@@ -39,15 +39,15 @@ struct te_t5 {
     struct wsrc *own_src; /* te_t5_open only */
     struct tensor emb;    /* [vocab, C] checkpoint dtype */
     struct te_t5_layer *layers;
-    struct tensor fin;  /* [C] F32 */
-    float *rel_bias;    /* host [num_buckets, heads] */
-    struct te_bufs owned;
+    struct tensor fin; /* [C] F32 */
+    float *rel_bias;   /* host [num_buckets, heads] */
+    struct bind_bufs owned;
 };
 
 struct te_t5_work {
     struct te_t5 *m;
     int max_b, max_len;
-    struct te_bufs bufs;
+    struct bind_bufs bufs;
     struct tensor h, x;       /* [B, L, C] residual stream, normed input */
     struct tensor q, k, v, o; /* [B, L, heads * d_kv] */
     struct tensor t;          /* [B, L, C] projection outputs */
@@ -77,8 +77,8 @@ int te_t5_config_load(struct te_t5_config *cfg, const char *path, struct err_msg
         (rc = ju_int(o, "num_layers", 6, 1, 1024, &cfg->layers, path, em)) ||
         (rc = ju_int(o, "num_heads", 8, 1, 1024, &cfg->heads, path, em)) ||
         (rc = ju_int(o, "vocab_size", 32128, 1, INT_MAX, &cfg->vocab, path, em)) ||
-        (rc = ju_int(o, "relative_attention_num_buckets", 32, 2, 1 << 16, &cfg->num_buckets,
-                     path, em)) ||
+        (rc = ju_int(o, "relative_attention_num_buckets", 32, 2, 1 << 16, &cfg->num_buckets, path,
+                     em)) ||
         (rc = ju_int(o, "relative_attention_max_distance", 128, 1, 1 << 24, &cfg->max_distance,
                      path, em)) ||
         (rc = ju_num(o, "layer_norm_epsilon", 1e-6, &eps, path, em)) ||
@@ -127,7 +127,7 @@ int te_t5_bucket(int rel, int num_buckets, int max_distance)
 
 /* --------------------------------------------------------------- binding */
 
-static int bind_rel_bias(struct te_binder *bd, struct te_t5 *m)
+static int bind_rel_bias(struct binder *bd, struct te_t5 *m)
 {
     const char *name = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight";
     const struct te_t5_config *c = &m->cfg;
@@ -154,7 +154,7 @@ int te_t5_load(struct te_t5 **out, struct backend *be, const struct te_t5_config
                struct wsrc *src, struct err_msg *em)
 {
     struct te_t5 *m = xcalloc(1, sizeof *m);
-    struct te_binder bd = {.be = be, .src = src, .owned = &m->owned, .em = em};
+    struct binder bd = {.be = be, .src = src, .owned = &m->owned, .em = em};
     const int64_t d = cfg->d_model, in = (int64_t)cfg->heads * cfg->d_kv, ff = cfg->d_ff;
     char p[160], n[256];
     int rc;
@@ -162,10 +162,9 @@ int te_t5_load(struct te_t5 **out, struct backend *be, const struct te_t5_config
     m->be = be;
     m->layers = xcalloc((size_t)cfg->layers, sizeof *m->layers);
     /* Tied embeddings: checkpoints store either name (or both, equal). */
-    const char *emb = wsrc_has(src, "shared.weight") ? "shared.weight"
-                      : wsrc_has(src, "encoder.embed_tokens.weight")
-                          ? "encoder.embed_tokens.weight"
-                          : NULL;
+    const char *emb = wsrc_has(src, "shared.weight")                 ? "shared.weight"
+                      : wsrc_has(src, "encoder.embed_tokens.weight") ? "encoder.embed_tokens.weight"
+                                                                     : NULL;
     if (!emb) {
         rc = err_set(em, ERR_NOTFOUND,
                      "%s: missing tensor \"shared.weight\" (or \"encoder.embed_tokens.weight\")",
@@ -177,13 +176,13 @@ int te_t5_load(struct te_t5 **out, struct backend *be, const struct te_t5_config
     for (int i = 0; i < cfg->layers; i++) {
         struct te_t5_layer *l = &m->layers[i];
         snprintf(p, sizeof p, "encoder.block.%d.layer", i);
-#define VEC(field, suffix)                          \
-    snprintf(n, sizeof n, "%s.%s", p, suffix);      \
-    if ((rc = te__bind_vec(&bd, &l->field, n, d)))  \
+#define VEC(field, suffix)                     \
+    snprintf(n, sizeof n, "%s.%s", p, suffix); \
+    if ((rc = bind_vec(&bd, &l->field, n, d))) \
         goto fail;
-#define LIN(field, suffix, rows, cols)                         \
-    snprintf(n, sizeof n, "%s.%s", p, suffix);                 \
-    if ((rc = te__bind_lin(&bd, &l->field, n, rows, cols, 0))) \
+#define LIN(field, suffix, rows, cols)                     \
+    snprintf(n, sizeof n, "%s.%s", p, suffix);             \
+    if ((rc = bind_lin(&bd, &l->field, n, rows, cols, 0))) \
         goto fail;
         VEC(ln0, "0.layer_norm.weight");
         LIN(q, "0.SelfAttention.q", in, d);
@@ -201,7 +200,7 @@ int te_t5_load(struct te_t5 **out, struct backend *be, const struct te_t5_config
 #undef VEC
 #undef LIN
     }
-    if ((rc = te__bind_vec(&bd, &m->fin, "encoder.final_layer_norm.weight", d)))
+    if ((rc = bind_vec(&bd, &m->fin, "encoder.final_layer_norm.weight", d)))
         goto fail;
     if ((rc = op_sync(be))) {
         err_set(em, rc, "backend error while loading the T5 encoder");
@@ -235,7 +234,7 @@ void te_t5_free(struct te_t5 *m)
 {
     if (!m)
         return;
-    te__bufs_free(m->be, &m->owned);
+    bind_bufs_free(m->be, &m->owned);
     wsrc_close(m->own_src);
     free(m->layers);
     free(m->rel_bias);
@@ -259,18 +258,17 @@ int te_t5_work_new(struct te_t5_work **out, struct te_t5 *m, int max_b, int max_
     w->m = m;
     w->max_b = max_b;
     w->max_len = max_len;
-    if ((rc = te__buf(be, &w->bufs, &w->h, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->x, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->q, DTYPE_F32, rows * in)) ||
-        (rc = te__buf(be, &w->bufs, &w->k, DTYPE_F32, rows * in)) ||
-        (rc = te__buf(be, &w->bufs, &w->v, DTYPE_F32, rows * in)) ||
-        (rc = te__buf(be, &w->bufs, &w->o, DTYPE_F32, rows * in)) ||
-        (rc = te__buf(be, &w->bufs, &w->t, DTYPE_F32, rows * d)) ||
-        (rc = te__buf(be, &w->bufs, &w->f0, DTYPE_F32, rows * c->d_ff)) ||
-        (c->gated && (rc = te__buf(be, &w->bufs, &w->f1, DTYPE_F32, rows * c->d_ff))) ||
-        (rc = te__buf(be, &w->bufs, &w->bias, DTYPE_F32,
-                      (int64_t)c->heads * max_len * max_len)) ||
-        (rc = te__buf(be, &w->bufs, &w->kmask, DTYPE_U8, rows)))
+    if ((rc = bind_buf(be, &w->bufs, &w->h, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->x, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->q, DTYPE_F32, rows * in)) ||
+        (rc = bind_buf(be, &w->bufs, &w->k, DTYPE_F32, rows * in)) ||
+        (rc = bind_buf(be, &w->bufs, &w->v, DTYPE_F32, rows * in)) ||
+        (rc = bind_buf(be, &w->bufs, &w->o, DTYPE_F32, rows * in)) ||
+        (rc = bind_buf(be, &w->bufs, &w->t, DTYPE_F32, rows * d)) ||
+        (rc = bind_buf(be, &w->bufs, &w->f0, DTYPE_F32, rows * c->d_ff)) ||
+        (c->gated && (rc = bind_buf(be, &w->bufs, &w->f1, DTYPE_F32, rows * c->d_ff))) ||
+        (rc = bind_buf(be, &w->bufs, &w->bias, DTYPE_F32, (int64_t)c->heads * max_len * max_len)) ||
+        (rc = bind_buf(be, &w->bufs, &w->kmask, DTYPE_U8, rows)))
         goto fail;
     w->stage = malloc((size_t)max_len * max_len * sizeof *w->stage);
     w->bucket = malloc((size_t)(2 * max_len - 1) * sizeof *w->bucket);
@@ -289,7 +287,7 @@ void te_t5_work_free(struct te_t5_work *w)
 {
     if (!w)
         return;
-    te__bufs_free(w->m->be, &w->bufs);
+    bind_bufs_free(w->m->be, &w->bufs);
     free(w->stage);
     free(w->bucket);
     free(w);

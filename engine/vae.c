@@ -19,6 +19,7 @@
 
 #include "base/log.h"
 #include "base/xalloc.h"
+#include "engine/bind.h"
 #include "engine/json_util.h"
 #include "kernels/ops.h"
 
@@ -194,131 +195,74 @@ struct vae {
     struct vres *dec_res; /* [n_blocks][layers_per_block + 1] */
     struct vconv dec_up[VAE_MAX_BLOCKS];
     struct vnorm dec_norm;
-    void **owned;
-    int n_owned, cap_owned;
+    struct bind_bufs owned;     /* widened vectors */
     struct wsrc *own_src;       /* vae_open: the weights' source, closed by vae_free */
     struct vae_config *own_cfg; /* vae_open: the key map's context */
 };
 
-struct binder {
+/* The VAE's binding: the shared binder (engine/bind.h) plus the model. */
+struct vbind {
     struct vae *v;
-    struct wsrc *src;
-    struct err_msg *em;
+    struct binder b;
 };
 
-static int own_alloc(struct vae *v, size_t n, void **out)
-{
-    int rc = v->be->ops->alloc(v->be, n, out);
-    if (rc)
-        return rc;
-    if (v->n_owned == v->cap_owned) {
-        v->cap_owned = v->cap_owned ? 2 * v->cap_owned : 256;
-        v->owned = xrealloc(v->owned, (size_t)v->cap_owned * sizeof *v->owned);
-    }
-    v->owned[v->n_owned++] = *out;
-    return ERR_OK;
-}
-
-static int map_weight(struct binder *bd, struct tensor *t)
-{
-    void *p = NULL;
-    size_t n = (size_t)tensor_nelem(t) * dtype_size(t->dtype);
-    int rc = bd->v->be->ops->weights_map(bd->v->be, t->data, n, &p);
-    if (rc)
-        return err_set(bd->em, rc, "%s: cannot map weights", wsrc_where(bd->src));
-    t->data = p;
-    return ERR_OK;
-}
-
-static int shape_error(struct binder *bd, const char *name, const struct tensor *t,
-                       const char *want)
-{
-    char a[96];
-    tensor_shape_str(t, a, sizeof a);
-    return err_set(bd->em, ERR_MISMATCH, "%s: tensor \"%s\" is %s but the config implies %s",
-                   wsrc_where(bd->src), name, a, want);
-}
-
-/* "<name>" as an F32 vector of n values owned by the model. */
-static int bind_vec(struct binder *bd, struct tensor *out, const char *name, int64_t n)
-{
-    struct tensor s;
-    void *p;
-    char want[48];
-    int rc;
-    if ((rc = wsrc_get(bd->src, name, &s, bd->em)))
-        return rc;
-    snprintf(want, sizeof want, "[%lld]", (long long)n);
-    if (tensor_nelem(&s) != n || !dtype_is_float(s.dtype) || !tensor_is_contiguous(&s))
-        return shape_error(bd, name, &s, want);
-    if ((rc = map_weight(bd, &s)))
-        return rc;
-    if ((rc = own_alloc(bd->v, (size_t)n * 4, &p)))
-        return err_set(bd->em, rc, "out of memory widening a VAE vector");
-    struct tensor flat = tensor_1d(s.data, s.dtype, n);
-    flat.scale = s.scale;
-    *out = tensor_1d(p, DTYPE_F32, n);
-    op_convert(bd->v->be, out, &flat);
-    return ERR_OK;
-}
-
-static int bind_norm(struct binder *bd, struct vnorm *nm, const char *p, int c)
+static int bind_norm(struct vbind *bd, struct vnorm *nm, const char *p, int c)
 {
     char n[256];
     int rc;
     snprintf(n, sizeof n, "%s.weight", p);
-    if ((rc = bind_vec(bd, &nm->w, n, c)))
+    if ((rc = bind_vec(&bd->b, &nm->w, n, c)))
         return rc;
     snprintf(n, sizeof n, "%s.bias", p);
-    return bind_vec(bd, &nm->b, n, c);
+    return bind_vec(&bd->b, &nm->b, n, c);
 }
 
-static int bind_conv(struct binder *bd, struct vconv *cv, const char *p, int cout, int cin, int k)
+static int bind_conv(struct vbind *bd, struct vconv *cv, const char *p, int cout, int cin, int k)
 {
     char n[256], want[96];
     struct tensor w;
     int rc;
     snprintf(n, sizeof n, "%s.weight", p);
-    if ((rc = wsrc_get(bd->src, n, &w, bd->em)))
+    if ((rc = wsrc_get(bd->b.src, n, &w, bd->b.em)))
         return rc;
     snprintf(want, sizeof want, "[%d, %d, %d, %d]", cout, cin, k, k);
     if (w.ndim != 4 || w.ne[0] != cout || w.ne[1] != cin || w.ne[2] != k || w.ne[3] != k ||
         !dtype_is_float(w.dtype) || !tensor_is_contiguous(&w))
-        return shape_error(bd, n, &w, want);
-    if ((rc = map_weight(bd, &w)))
+        return bind_mismatch(&bd->b, n, &w, want);
+    if ((rc = bind_map(&bd->b, &w)))
         return rc;
     cv->w = w;
     cv->cin = cin;
     cv->cout = cout;
     cv->k = k;
     snprintf(n, sizeof n, "%s.bias", p);
-    return bind_vec(bd, &cv->b, n, cout);
+    return bind_vec(&bd->b, &cv->b, n, cout);
 }
 
 /* A [C, C] projection of the mid-block attention; LDM checkpoints store it
  * as a 1x1 convolution [C, C, 1, 1]. */
-static int bind_proj(struct binder *bd, struct tensor *w, struct tensor *b, const char *p, int c)
+static int bind_proj(struct vbind *bd, struct tensor *w, struct tensor *b, const char *p, int c)
 {
     char n[256], want[64];
     struct tensor t;
     int rc;
     snprintf(n, sizeof n, "%s.weight", p);
-    if ((rc = wsrc_get(bd->src, n, &t, bd->em)))
+    if ((rc = wsrc_get(bd->b.src, n, &t, bd->b.em)))
         return rc;
     if (t.ndim == 4 && t.ne[2] == 1 && t.ne[3] == 1 && tensor_is_contiguous(&t))
         t = tensor_reshape(&t, 2, (int64_t[]){t.ne[0], t.ne[1]});
     snprintf(want, sizeof want, "[%d, %d]", c, c);
     if (t.ndim != 2 || t.ne[0] != c || t.ne[1] != c || !dtype_is_float(t.dtype) ||
         !tensor_is_contiguous(&t))
-        return shape_error(bd, n, &t, want);
-    if ((rc = map_weight(bd, &t)))
+        return bind_mismatch(&bd->b, n, &t, want);
+    if ((rc = bind_map(&bd->b, &t)))
         return rc;
     *w = t;
     snprintf(n, sizeof n, "%s.bias", p);
-    return bind_vec(bd, b, n, c);
+    return bind_vec(&bd->b, b, n, c);
 }
 
-static int bind_res(struct binder *bd, struct vres *r, const char *p, int cin, int cout)
+static int bind_res(struct vbind *bd, struct vres *r, const char *p, int cin, int cout)
 {
     char n[256];
     int rc;
@@ -336,7 +280,7 @@ static int bind_res(struct binder *bd, struct vres *r, const char *p, int cin, i
     return ERR_OK;
 }
 
-static int bind_mid(struct binder *bd, struct vmid *m, const char *p, int c)
+static int bind_mid(struct vbind *bd, struct vmid *m, const char *p, int c)
 {
     char n[256];
     int rc;
@@ -358,7 +302,7 @@ static int bind_mid(struct binder *bd, struct vmid *m, const char *p, int c)
 }
 #undef SUB
 
-static int bind_encoder(struct binder *bd)
+static int bind_encoder(struct vbind *bd)
 {
     struct vae *v = bd->v;
     const struct vae_config *c = &v->cfg;
@@ -392,7 +336,7 @@ static int bind_encoder(struct binder *bd)
     return ERR_OK;
 }
 
-static int bind_decoder(struct binder *bd)
+static int bind_decoder(struct vbind *bd)
 {
     struct vae *v = bd->v;
     const struct vae_config *c = &v->cfg;
@@ -430,7 +374,7 @@ int vae_load(struct vae **out, struct backend *be, const struct vae_config *cfg,
              struct err_msg *em)
 {
     struct vae *v = xcalloc(1, sizeof *v);
-    struct binder bd = {v, src, em};
+    struct vbind bd = {v, {be, src, &v->owned, em}};
     int rc;
     v->cfg = *cfg;
     v->be = be;
@@ -461,9 +405,7 @@ void vae_free(struct vae *v)
 {
     if (!v)
         return;
-    for (int i = 0; i < v->n_owned; i++)
-        v->be->ops->free(v->be, v->owned[i]);
-    free(v->owned);
+    bind_bufs_free(v->be, &v->owned);
     free(v->enc_res);
     free(v->dec_res);
     wsrc_close(v->own_src);
