@@ -88,6 +88,12 @@ static const struct option options[] = {
         "how long finished async jobs (/v1/jobs) are kept; afterwards they answer 410"),
     INT(job_store_bytes, 0, 68719476736, 0, "268435456", "RALUD_JOB_STORE_BYTES", "BYTES",
         "memory budget for finished async jobs' results; the oldest go first (410) past it"),
+    INT(batch_max, 1, 64, 0, "4", "RALUD_BATCH_MAX", "N",
+        "concurrent requests with the same key (size, steps, guidance, RALU, cache) run as one "
+        "batched pipeline call of up to N requests; 1 = no batching"),
+    INT(batch_wait_ms, 0, 10000, 0, "0", "RALUD_BATCH_WAIT_MS", "MS",
+        "how long a worker waits for more same-key requests before starting a batch; 0 = "
+        "batch only what is already queued"),
     INT(idle_timeout_s, 1, 3600, 0, "60", "RALUD_IDLE_TIMEOUT_S", "S",
         "close connections idle for this long"),
     INT(retry_after_s, 1, 3600, 0, "5", "RALUD_RETRY_AFTER_S", "S",

@@ -56,6 +56,7 @@ struct api_ctx {
     struct metric *m_queue_time; /* ralud_queue_time_seconds */
     struct metric *m_jobs;       /* ralud_jobs_total{result} */
     struct metric *m_cancel;     /* ralud_cancellations_total{reason} */
+    struct metric *m_batch;      /* ralud_batch_size */
 };
 
 /* Registers the metric families. workers may be NULL. All pointers borrowed. */
@@ -65,6 +66,12 @@ void api_set_state(struct api_ctx *api, enum api_state s);
 enum api_state api_get_state(const struct api_ctx *api);
 /* Count one answered request (called by the glue when the response is queued). */
 void api_observe_request(struct api_ctx *api, const char *route, int status, double seconds);
+/* Batching (workers_batch_ok_fn / on_batch with ctx = api): same batch key
+ * (size, steps, guidance, RALU, cache) and images within api_batch_images. */
+bool api_batch_ok(void *api, struct job *const *batch, int n, const struct job *cand);
+void api_observe_batch(void *api, int n);
+/* Images one batched pipeline call may hold: max(max_n, batch_max). */
+int api_batch_images(const struct config *cfg);
 /* Count one cancellation: "delete" (DELETE /v1/jobs/{id}), "client_gone". */
 void api_observe_cancel(struct api_ctx *api, const char *reason);
 /* Count one job back from the workers (queue time, result). Loop thread. */

@@ -633,3 +633,43 @@ int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct 
     resp->finish = generate_finish;
     return ROUTE_PENDING;
 }
+
+/* ---- batching ---- */
+
+int api_batch_images(const struct config *cfg)
+{
+    return (int)(cfg->max_n > cfg->batch_max ? cfg->max_n : cfg->batch_max);
+}
+
+/* The batch key of pipeline_generate_batch (engine/pipeline.h): everything
+ * but the prompts, n and the seed. Guidance is compared as sent (an absent
+ * guidance only matches an absent one). */
+static bool same_key(const struct api_gen_params *a, const struct api_gen_params *b)
+{
+    if (a->width != b->width || a->height != b->height || a->guidance_set != b->guidance_set ||
+        (a->guidance_set && a->guidance != b->guidance) || a->ralu_on != b->ralu_on)
+        return false;
+    if (a->ralu_on) {
+        if (strcmp(a->ralu_preset, b->ralu_preset) != 0)
+            return false;
+        if (!a->ralu_preset[0] &&
+            (memcmp(a->ralu_N, b->ralu_N, sizeof a->ralu_N) != 0 || a->ralu_e[0] != b->ralu_e[0] ||
+             a->ralu_e[1] != b->ralu_e[1] || a->ralu_r != b->ralu_r))
+            return false;
+    } else if (a->steps != b->steps) {
+        return false;
+    }
+    const struct cache_params *x = &a->cache, *y = &b->cache;
+    return x->method == y->method && x->threshold == y->threshold && x->warmup == y->warmup &&
+           x->interval == y->interval && x->order == y->order && x->max_skip == y->max_skip;
+}
+
+bool api_batch_ok(void *ctx, struct job *const *batch, int n, const struct job *cand)
+{
+    const struct api_ctx *api = ctx;
+    const struct api_gen_params *c = cand->payload;
+    int images = c->n;
+    for (int i = 0; i < n; i++)
+        images += ((const struct api_gen_params *)batch[i]->payload)->n;
+    return images <= api_batch_images(api->cfg) && same_key(batch[0]->payload, c);
+}

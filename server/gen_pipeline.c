@@ -169,21 +169,28 @@ static json_t *json_ms(double ms) { return json_real(round(ms * 1e3) / 1e3); }
 /* ---- one job ---- */
 
 struct run_state {
-    struct job *job;
+    struct job **jobs; /* the call's jobs */
+    int n;
     int steps_done, steps_total;
 };
 
+/* Progress goes to every job of the call. A batch stops only when all of
+ * its jobs are cancelled: the others still want their images. */
 static int on_progress(void *ctx, const char *stage, int step, int total)
 {
     struct run_state *rs = ctx;
-    job_set_progress(rs->job, stage, step, total);
+    int n_cancelled = 0;
+    for (int i = 0; i < rs->n; i++) {
+        job_set_progress(rs->jobs[i], stage, step, total);
+        n_cancelled += job_cancelled(rs->jobs[i]);
+    }
     if (total > 0 && strcmp(stage, "denoise") == 0) {
         rs->steps_done = step;
         rs->steps_total = total;
-        LOG_DEBUG("req=%s job=%llu denoise step %d/%d", rs->job->request_id,
-                  (unsigned long long)rs->job->id, step, total);
+        LOG_DEBUG("req=%s job=%llu batch=%d denoise step %d/%d", rs->jobs[0]->request_id,
+                  (unsigned long long)rs->jobs[0]->id, rs->n, step, total);
     }
-    return job_cancelled(rs->job) ? 1 : 0;
+    return n_cancelled == rs->n ? 1 : 0;
 }
 
 /* PNG i of the output, with the parameters that reproduce it in tEXt. */
@@ -352,7 +359,6 @@ static void observe(struct gp *g, const struct gen_output *o, int n_encoders, do
         metrics_add(g->m_cache_hits, NULL, o->cache_hits[k]);
     for (int i = 0; i < o->t.n_steps && i < GEN_MAX_STEPS; i++)
         metrics_observe(g->m_step, NULL, o->t.step_ms[i] * 1e-3);
-    metrics_add(g->m_images, NULL, o->n);
 }
 
 /* The engine's RALU parameters for the request: a preset of the model's
@@ -401,19 +407,15 @@ static int resolve_ralu(struct gp *g, const struct api_gen_params *p, struct ral
     return ERR_OK;
 }
 
-static int gp_run(void *ctx, struct job *job)
+/* The engine request for job (RALU resolved into *ralu, which r points at). */
+static int prepare(struct gp *g, struct job *job, struct gen_request *r, struct ralu_params *ralu)
 {
-    struct gp *g = ctx;
     const struct api_gen_params *p = job->payload;
-    struct gen_output out = {0};
     struct err_msg em = {{0}};
-    uint8_t *pngs[MAX_IMAGES] = {0};
-    size_t png_len[MAX_IMAGES] = {0};
-    int rc, n_encoders = g->fam == PIPE_FLUX ? 2 : 3;
-    double queue_ms = (job->t_start - job->t_submit) * 1e3;
+    int rc;
 
     RALUD_ASSERT(p->n >= 1 && p->n <= MAX_IMAGES);
-    struct gen_request r = {
+    *r = (struct gen_request){
         .prompt = p->prompt,
         .negative_prompt = p->negative_prompt,
         .width = p->width,
@@ -424,50 +426,44 @@ static int gp_run(void *ctx, struct job *job)
         .true_cfg = 1.0f, /* no true-CFG field in the API: FLUX ignores negative_prompt */
         .seed = p->seed_set ? (uint64_t)p->seed : random_seed(),
     };
-    struct ralu_params ralu;
     if (p->ralu_on) {
-        if ((rc = resolve_ralu(g, p, &ralu, &em)) != ERR_OK) {
-            err_set(&job->err, rc, "%s", em.text);
-            return rc;
-        }
-        r.ralu = &ralu;
-        r.steps = ralu.N[0] + ralu.N[1] + ralu.N[2];
+        if ((rc = resolve_ralu(g, p, ralu, &em)) != ERR_OK)
+            return err_set(&job->err, rc, "%s", em.text);
+        r->ralu = ralu;
+        r->steps = ralu->N[0] + ralu->N[1] + ralu->N[2];
     }
     if (p->cache.method != CACHE_NONE)
-        r.cache = &p->cache;
-    struct run_state rs = {.job = job, .steps_total = r.steps};
-    struct gen_hooks hooks = {.progress = on_progress, .ctx = &rs, .cancel = &job->cancel};
+        r->cache = &p->cache;
+    return ERR_OK;
+}
 
-    struct slot *s = slot_take(g);
-    rc = pipeline_generate(s->pipe, &r, &hooks, &out, &em);
-    slot_put(g, s);
-    if (rc == ERR_CANCELLED) {
-        err_set(&job->err, rc, "cancelled after %d of %d steps", rs.steps_done, rs.steps_total);
-        goto done;
-    }
-    if (rc != ERR_OK) {
-        LOG_ERROR("req=%s job=%llu generation failed: %s", job->request_id,
-                  (unsigned long long)job->id, em.text);
-        err_set(&job->err, rc, "%s", em.text[0] ? em.text : err_str(rc));
-        goto done;
-    }
+/* PNGs, the body and the headers of one finished job. stages: also observe
+ * the stage and step metrics (once per pipeline call). */
+static int finish_job(struct gp *g, struct job *job, const struct gen_request *r,
+                      const struct gen_output *out, int batch, bool stages)
+{
+    const struct api_gen_params *p = job->payload;
+    uint8_t *pngs[MAX_IMAGES] = {0};
+    size_t png_len[MAX_IMAGES] = {0};
+    int rc = ERR_OK, n_encoders = g->fam == PIPE_FLUX ? 2 : 3;
+    double queue_ms = (job->t_start - job->t_submit) * 1e3;
 
     double t0 = clock_sec();
-    for (int i = 0; i < out.n; i++)
-        if ((rc = encode_png(g, &r, &out, i, &pngs[i], &png_len[i])) != ERR_OK) {
+    for (int i = 0; i < out->n; i++)
+        if ((rc = encode_png(g, r, out, i, &pngs[i], &png_len[i])) != ERR_OK) {
             err_set(&job->err, rc, "cannot encode PNG %d: %s", i, err_str(rc));
             goto done;
         }
     double png_ms = (clock_sec() - t0) * 1e3;
     double total_ms = (clock_sec() - job->t_start) * 1e3;
 
-    if (p->format == API_FORMAT_PNG && out.n == 1) {
+    if (p->format == API_FORMAT_PNG && out->n == 1) {
         job->out_body = (char *)pngs[0];
         job->out_len = png_len[0];
         job->out_type = "image/png";
         pngs[0] = NULL;
     } else {
-        job->out_body = json_body(job, p, &r, &out, pngs, png_len, n_encoders, queue_ms, png_ms,
+        job->out_body = json_body(job, p, r, out, pngs, png_len, n_encoders, queue_ms, png_ms,
                                   total_ms, &job->out_len);
         if (!job->out_body) {
             rc = err_set(&job->err, ERR_NOMEM, "out of memory building the response");
@@ -477,29 +473,90 @@ static int gp_run(void *ctx, struct job *job)
     }
     double enc_ms = 0;
     for (int i = 0; i < n_encoders; i++)
-        enc_ms += out.t.encode_ms[i];
+        enc_ms += out->t.encode_ms[i];
     char ralu_timing[200] = "";
-    if (r.ralu)
+    if (r->ralu)
         snprintf(ralu_timing, sizeof ralu_timing,
                  ", stage1;dur=%.1f, stage2;dur=%.1f, stage3;dur=%.1f, edge_decode;dur=%.1f, "
                  "canny;dur=%.1f, renoise;dur=%.1f",
-                 out.t.stage_ms[0], out.t.stage_ms[1], out.t.stage_ms[2], out.t.edge_decode_ms,
-                 out.t.canny_ms, out.t.renoise_ms);
+                 out->t.stage_ms[0], out->t.stage_ms[1], out->t.stage_ms[2], out->t.edge_decode_ms,
+                 out->t.canny_ms, out->t.renoise_ms);
     job_add_header(job, "Server-Timing",
                    "queue;dur=%.1f, tokenize;dur=%.1f, encode;dur=%.1f, denoise;dur=%.1f%s, "
                    "vae;dur=%.1f, png;dur=%.1f, total;dur=%.1f",
-                   queue_ms, out.t.tokenize_ms, enc_ms, out.t.denoise_ms, ralu_timing, out.t.vae_ms,
-                   png_ms, total_ms);
-    job_add_header(job, "X-Ralud-Seed", "%llu", (unsigned long long)r.seed);
-    observe(g, &out, n_encoders, png_ms, r.ralu != NULL);
-    LOG_INFO("req=%s job=%llu %dx%d n=%d steps=%d seed=%llu denoise_ms=%.1f total_ms=%.1f",
-             job->request_id, (unsigned long long)job->id, out.width, out.height, out.n, r.steps,
-             (unsigned long long)r.seed, out.t.denoise_ms, total_ms);
+                   queue_ms, out->t.tokenize_ms, enc_ms, out->t.denoise_ms, ralu_timing,
+                   out->t.vae_ms, png_ms, total_ms);
+    job_add_header(job, "X-Ralud-Seed", "%llu", (unsigned long long)r->seed);
+    if (stages)
+        observe(g, out, n_encoders, png_ms, r->ralu != NULL);
+    metrics_add(g->m_images, NULL, out->n);
+    LOG_INFO("req=%s job=%llu %dx%d n=%d steps=%d seed=%llu batch=%d denoise_ms=%.1f "
+             "total_ms=%.1f",
+             job->request_id, (unsigned long long)job->id, out->width, out->height, out->n,
+             r->steps, (unsigned long long)r->seed, batch, out->t.denoise_ms, total_ms);
 done:
     for (int i = 0; i < MAX_IMAGES; i++)
         free(pngs[i]);
-    gen_output_free(&out);
     return rc;
+}
+
+/* One pipeline call for n same-key jobs (workers' job_run_batch_fn). */
+static void gp_run_batch(void *ctx, struct job **jobs, int n)
+{
+    struct gp *g = ctx;
+    struct gen_request reqs[WORKERS_MAX_BATCH];
+    struct ralu_params ralus[WORKERS_MAX_BATCH];
+    const struct gen_request *rp[WORKERS_MAX_BATCH];
+    struct job *live[WORKERS_MAX_BATCH];
+    struct err_msg em = {{0}};
+    int m = 0;
+
+    RALUD_ASSERT(n >= 1 && n <= WORKERS_MAX_BATCH);
+    for (int i = 0; i < n; i++) {
+        jobs[i]->result = prepare(g, jobs[i], &reqs[m], &ralus[m]);
+        if (jobs[i]->result != ERR_OK)
+            continue;
+        if (reqs[m].ralu)
+            reqs[m].ralu = &ralus[m];
+        rp[m] = &reqs[m];
+        live[m++] = jobs[i];
+    }
+    if (m == 0)
+        return;
+    struct gen_output *outs = xcalloc((size_t)m, sizeof *outs);
+    struct run_state rs = {.jobs = live, .n = m, .steps_total = reqs[0].steps};
+    /* Alone, the job's flag is the pipeline's; in a batch, on_progress
+     * decides (all cancelled). */
+    struct gen_hooks hooks = {
+        .progress = on_progress, .ctx = &rs, .cancel = m == 1 ? &live[0]->cancel : NULL};
+
+    struct slot *s = slot_take(g);
+    int rc = pipeline_generate_batch(s->pipe, rp, m, &hooks, outs, &em);
+    slot_put(g, s);
+    for (int k = 0; k < m; k++) {
+        struct job *job = live[k];
+        if (rc == ERR_CANCELLED) {
+            job->result = err_set(&job->err, rc, "cancelled after %d of %d steps", rs.steps_done,
+                                  rs.steps_total);
+        } else if (rc != ERR_OK) {
+            LOG_ERROR("req=%s job=%llu generation failed: %s", job->request_id,
+                      (unsigned long long)job->id, em.text);
+            job->result = err_set(&job->err, rc, "%s", em.text[0] ? em.text : err_str(rc));
+        } else if (job_cancelled(job)) {
+            job->result = err_set(&job->err, ERR_CANCELLED,
+                                  "cancelled; its batch of %d ran on for the others", m);
+        } else {
+            job->result = finish_job(g, job, &reqs[k], &outs[k], m, k == 0);
+        }
+        gen_output_free(&outs[k]);
+    }
+    free(outs);
+}
+
+static int gp_run(void *ctx, struct job *job)
+{
+    gp_run_batch(ctx, &job, 1);
+    return job->result;
 }
 
 /* ---- start-up ---- */
@@ -557,6 +614,7 @@ int gen_open(struct gen **out, const struct config *cfg, struct metrics *metrics
     snprintf(g->model_name, sizeof g->model_name, "%.*s", (int)(n - b), cfg->model + b);
     g->n_slots = (int)cfg->workers;
     gn->run = gp_run;
+    gn->run_batch = gp_run_batch;
     gn->run_ctx = g;
     *out = gn;
     return ERR_OK;
@@ -598,7 +656,7 @@ int gen_load(struct gen *gn, const atomic_bool *cancel, struct err_msg *em)
     struct pipeline_opts po = {
         .max_width = (int)cfg->max_width,
         .max_height = (int)cfg->max_height,
-        .max_batch = (int)cfg->max_n,
+        .max_batch = api_batch_images(cfg), /* every request of a batch together */
         .keep_loaded = true,
     };
     struct backend_opts bo = {.n_threads = (int)cfg->threads, .matmul_mode = MATMUL_F32};

@@ -178,6 +178,12 @@ static int app_run(struct app *a)
             .run_ctx = a->gen->run_ctx,
             .notify = loop_wakeup,
             .notify_ctx = a->loop,
+            .batch_max = (int)cfg->batch_max,
+            .batch_wait_s = (double)cfg->batch_wait_ms * 1e-3,
+            .run_batch = a->gen->run_batch,
+            .batch_ok = api_batch_ok,
+            .batch_ctx = &a->api,
+            .on_batch = api_observe_batch,
         };
         if ((rc = workers_new(&a->workers, &wo)) != ERR_OK)
             return rc;
