@@ -1122,6 +1122,25 @@ def raw_post(port, body):
     return s
 
 
+def check_fake_sigterm_drains_async_jobs(exe):
+    """Queued and running async jobs finish during the drain; new ones are refused."""
+    d = Daemon(exe, "--workers", "1", "--drain-timeout-s", "20",
+               env={"RALUD_FAKE_STEP_MS": "30"}).await_ready()
+    try:
+        ids = [d.json("POST", "/v1/jobs", body={"prompt": "p%d" % i, "steps": 10})[2]["id"]
+               for i in range(2)]
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(20)
+        expect(rc == 0, "exit status after drain", rc)
+        log = "".join(d.stderr_lines)
+        for job_id in ids:
+            expect(re.search(r"job=%s req=\S+ succeeded" % job_id, log), "drained", job_id,
+                   log[-1500:])
+    finally:
+        d.kill()
+
+
 def check_fake_disconnect_cancels_queued_and_running(exe):
     d = Daemon(exe, "--workers", "1", env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
     try:
@@ -1512,6 +1531,7 @@ def main():
     run("fake_jobs_lifecycle_queued_and_running_cancel", check_fake_jobs_lifecycle, args.fake)
     run("fake_job_events_stream", check_fake_job_events, args.fake)
     run("fake_finished_jobs_expire_410", check_fake_finished_jobs_expire_410, args.fake)
+    run("fake_sigterm_drains_async_jobs", check_fake_sigterm_drains_async_jobs, args.fake)
     run("fake_disconnect_cancels_queued_and_running",
         check_fake_disconnect_cancels_queued_and_running, args.fake)
     run("fake_burst_of_32_answered_once", check_fake_burst_of_32, args.fake)
