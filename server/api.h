@@ -4,7 +4,9 @@
  * (server/http.h), so they are tested without sockets. They run on the loop
  * thread. api_health.c: /healthz, /readyz, /metrics and the metric families;
  * api_generate.c: POST /generate and /v1/generate (request validation,
- * submission to the workers, the response when the job is back). */
+ * submission to the workers, the response when the job is back, the batch
+ * key); api_jobs.c: the async job store and its endpoints (events as
+ * server-sent events); api_openai.c: /v1/images/generations, /v1/models. */
 #ifndef RALUD_SERVER_API_H
 #define RALUD_SERVER_API_H
 
