@@ -212,8 +212,8 @@ static enum rec_status rec_status(const struct job_rec *r)
     if (!r->job)
         return r->final;
     switch (job_state(r->job)) {
-    case JOB_QUEUED:
-        return REC_QUEUED;
+    case JOB_QUEUED: /* cancelled while a worker gathers a batch: it will not run */
+        return r->cancel_requested ? REC_CANCELLING : REC_QUEUED;
     case JOB_RUNNING:
         return r->cancel_requested ? REC_CANCELLING : REC_RUNNING;
     case JOB_DONE:
