@@ -5,7 +5,10 @@
  * http_msg.c. The glue (http.c) is the only code that talks to MHD about
  * requests: it accumulates bodies (413 past max_body_bytes), dispatches via
  * routes.c (404/405/401), echoes or generates X-Request-Id, and suspends a
- * connection while its job runs, resuming it when the job comes back.
+ * connection while its job runs, resuming it when the job comes back; while
+ * suspended, the socket is watched (loop_watch) so a client that hangs up
+ * cancels its job. Streamed bodies (server-sent events) come from an
+ * http_stream: the connection is suspended whenever the stream is empty.
  *
  * Threading: everything here runs on the loop thread, except the
  * http_resp_* helpers, which are plain functions on caller-owned data. */
