@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h> // for: getrandom
 #include <time.h>
 #include <unistd.h>
 
@@ -402,12 +403,16 @@ static void jobs_on_done(struct job *job, void *ctx)
 
 static void new_id(struct api_jobs *s, char *id)
 {
-    /* xorshift64: ids only need to be unguessable enough not to collide. */
-    uint64_t x = s->rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    s->rng = x;
+    /* 64 bits from the kernel per id, so one client's ids say nothing about
+     * another's (DELETE needs only the id); xorshift if that fails. */
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) != (ssize_t)sizeof x) {
+        x = s->rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s->rng = x;
+    }
     snprintf(id, ID_LEN, "job_%06llx%016llx", (unsigned long long)++s->seq, (unsigned long long)x);
 }
 
