@@ -89,7 +89,8 @@ static const struct option options[] = {
     INT(job_store_bytes, 0, 68719476736, 0, "268435456", "RALUD_JOB_STORE_BYTES", "BYTES",
         "memory budget for finished async jobs' results; the oldest go first (410) past it"),
     INT(batch_max, 1, 64, 0, "4", "RALUD_BATCH_MAX", "N",
-        "concurrent requests with the same key (size, steps, guidance, RALU, cache) run as one "
+        "concurrent requests with the same key (size, steps, guidance, RALU; never with a cache) "
+        "run as one "
         "batched pipeline call of up to N requests; 1 = no batching"),
     INT(batch_wait_ms, 0, 10000, 0, "0", "RALUD_BATCH_WAIT_MS", "MS",
         "how long a worker waits for more same-key requests before starting a batch; 0 = "

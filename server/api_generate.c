@@ -642,8 +642,9 @@ int api_batch_images(const struct config *cfg)
 }
 
 /* The batch key of pipeline_generate_batch (engine/pipeline.h): everything
- * but the prompts, n and the seed. Guidance is compared as sent (an absent
- * guidance only matches an absent one). */
+ * but the prompts, n and the seed (requests with a cache never batch).
+ * Guidance is compared as sent (an absent guidance only matches an absent
+ * one). */
 static bool same_key(const struct api_gen_params *a, const struct api_gen_params *b)
 {
     if (a->width != b->width || a->height != b->height || a->guidance_set != b->guidance_set ||
@@ -668,6 +669,10 @@ bool api_batch_ok(void *ctx, struct job *const *batch, int n, const struct job *
 {
     const struct api_ctx *api = ctx;
     const struct api_gen_params *c = cand->payload;
+    /* A feature cache decides per batched forward, so requests that use one
+     * run alone to stay bit-identical with a single run (engine/cache.h). */
+    if (c->cache.method != CACHE_NONE)
+        return false;
     int images = c->n;
     for (int i = 0; i < n; i++)
         images += ((const struct api_gen_params *)batch[i]->payload)->n;

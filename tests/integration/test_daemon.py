@@ -1403,6 +1403,12 @@ def check_model_batch_of_4_equals_sequential(exe, models):
         res = burst(d, 2, lambda i: dict(body(i), steps=2 + i))
         expect(all(r[0] == 200 for r in res.values()), "mixed keys served")
         expect(metric_value(d, "ralud_batch_size_bucket", le="1") == ones + 2, "mixed keys alone")
+        # Requests with a feature cache run alone (the engine decides per batched forward).
+        ones = metric_value(d, "ralud_batch_size_bucket", le="1")
+        res = burst(d, 2, lambda i: dict(body(20 + i), cache={"method": "teacache"}))
+        expect(all(r[0] == 200 for r in res.values()), "cached requests served",
+               [r[0] for r in res.values()])
+        expect(metric_value(d, "ralud_batch_size_bucket", le="1") == ones + 2, "cached alone")
         expect(d.stop() == 0, "exit status")
     finally:
         d.kill()
