@@ -432,6 +432,7 @@ void dit_free(struct dit *m)
 }
 
 const struct dit_config *dit_cfg(const struct dit *m) { return &m->cfg; }
+struct backend *dit_backend(const struct dit *m) { return m->be; }
 double dit_pos_table_maxdiff(const struct dit *m) { return m->pos_maxdiff; }
 
 void dit_sd3_grid_pos(const struct dit *m, int h, int w, float *out)
@@ -530,23 +531,119 @@ void dit_lin(struct backend *be, struct tensor *y, const struct tensor *x, const
     op_matmul(be, y, x, &l->w, l->has_b ? &l->b : NULL);
 }
 
-int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, struct tensor *out)
+static int check_shape(const struct dit_work *w, const struct dit_inputs *in)
 {
     if (in->b < 1 || in->b > w->max_b || in->n < 1 || in->n > w->max_n || in->t < 0 ||
         in->t > w->max_t)
         return ERR_INVAL;
-    return m->cfg.family == DIT_SD3 ? dit_forward_sd3(m, w, in, out)
-                                    : dit_forward_flux(m, w, in, out);
+    return ERR_OK;
 }
 
-double dit_flops(const struct dit_config *c, int b, int n, int t)
+int dit_num_blocks(const struct dit_config *c)
+{
+    return c->num_layers + (c->family == DIT_FLUX ? c->num_single_layers : 0);
+}
+
+int dit_stage_embed(struct dit *m, struct dit_work *w, const struct dit_inputs *in)
+{
+    int rc = check_shape(w, in);
+    if (rc)
+        return rc;
+    if (m->cfg.family == DIT_SD3)
+        dit_embed_sd3(m, w, in);
+    else
+        dit_embed_flux(m, w, in);
+    return ERR_OK;
+}
+
+void dit_stage_blocks(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                      int last, const struct dit_module_hook *hk)
+{
+    RALUD_ASSERT(first >= 0 && first <= last && last <= dit_num_blocks(&m->cfg));
+    if (m->cfg.family == DIT_SD3)
+        dit_blocks_sd3(m, w, in, first, last, hk);
+    else
+        dit_blocks_flux(m, w, in, first, last, hk);
+}
+
+int dit_stage_final(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                    struct tensor *out)
+{
+    struct tensor img = dit_stream_img(w, in);
+    dit_final_layer(m, w, &img, in->b, in->n, out);
+    return op_sync(m->be);
+}
+
+struct tensor dit_stream_img(struct dit_work *w, const struct dit_inputs *in)
+{
+    struct tensor xs = WV3(&w->xs, in->b, (int64_t)in->n + in->t, w->m->cfg.hidden);
+    return dit_rows(&xs, in->t, in->n);
+}
+
+struct tensor dit_stream_txt(struct dit_work *w, const struct dit_inputs *in)
+{
+    struct tensor xs = WV3(&w->xs, in->b, (int64_t)in->n + in->t, w->m->cfg.hidden);
+    return dit_rows(&xs, 0, in->t);
+}
+
+void dit_first_modulated(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
+                         struct tensor *out)
+{
+    const struct joint_block *blk = &m->blocks[0];
+    int64_t d = m->cfg.hidden;
+    struct tensor ts = WV2(&w->temb_silu, in->b, d);
+    struct tensor mod = WV2(&w->mod, in->b, (blk->dual ? 9 : 6) * d);
+    struct tensor sh = dit_chunk(&mod, 0, d), sc = dit_chunk(&mod, 1, d);
+    struct tensor img = dit_stream_img(w, in);
+    RALUD_ASSERT(m->cfg.num_layers >= 1);
+    dit_lin(m->be, &mod, &ts, &blk->norm1);
+    op_layer_norm(m->be, out, &img, NULL, NULL, 1e-6f);
+    op_modulate(m->be, out, out, &sh, &sc);
+}
+
+enum dit_rows dit_module_rows(const struct dit_config *c, int id)
+{
+    int blk = id / DIT_MODS_PER_BLOCK, k = id % DIT_MODS_PER_BLOCK;
+    if (id < 0 || blk >= dit_num_blocks(c))
+        return DIT_ROWS_NONE;
+    if (blk >= c->num_layers) /* FLUX single block */
+        return k == DIT_MOD_ALL ? DIT_ROWS_ALL : DIT_ROWS_NONE;
+    /* SD3's last block is context-pre-only: no text outputs. */
+    bool pre = c->family == DIT_SD3 && blk == c->num_layers - 1;
+    switch (k) {
+    case DIT_MOD_IMG_ATTN:
+    case DIT_MOD_IMG_MLP:
+        return DIT_ROWS_IMG;
+    case DIT_MOD_TXT_ATTN:
+    case DIT_MOD_TXT_MLP:
+        return pre ? DIT_ROWS_NONE : DIT_ROWS_TXT;
+    case DIT_MOD_IMG_ATTN2:
+        return c->family == DIT_SD3 && c->dual_attention[blk] ? DIT_ROWS_IMG : DIT_ROWS_NONE;
+    default:
+        return DIT_ROWS_NONE;
+    }
+}
+
+int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, struct tensor *out)
+{
+    int rc = dit_stage_embed(m, w, in);
+    if (rc)
+        return rc;
+    dit_stage_blocks(m, w, in, 0, dit_num_blocks(&m->cfg), NULL);
+    return dit_stage_final(m, w, in, out);
+}
+
+double dit_flops_embed(const struct dit_config *c, int b, int n, int t)
+{
+    double d = c->hidden, tok = dit_token_dim(c);
+    return (2.0 * n * tok * d + 2.0 * t * c->joint_attention_dim * d) * b;
+}
+
+double dit_flops_blocks(const struct dit_config *c, int first, int last, int b, int n, int t)
 {
     double d = c->hidden, l = (double)n + t, f = 0;
     double mlp = d * c->mlp_ratio;
-    double tok = dit_token_dim(c);
-    f += 2.0 * n * tok * d;                    /* patch / x embedding */
-    f += 2.0 * t * c->joint_attention_dim * d; /* context embedder */
-    for (int i = 0; i < c->num_layers; i++) {
+    for (int i = first; i < last && i < c->num_layers; i++) {
         bool pre = c->family == DIT_SD3 && i == c->num_layers - 1;
         double tq = pre ? 0 : t; /* pre-only block: no text queries / outputs */
         f += 2.0 * n * d * 3 * d + 2.0 * t * d * 3 * d; /* qkv */
@@ -556,8 +653,21 @@ double dit_flops(const struct dit_config *c, int b, int n, int t)
         if (c->family == DIT_SD3 && c->dual_attention[i])
             f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
     }
-    for (int i = 0; i < c->num_single_layers; i++)
-        f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
-    f += 2.0 * n * d * tok; /* proj_out */
+    if (c->family == DIT_FLUX)
+        for (int i = first > c->num_layers ? first : c->num_layers; i < last; i++)
+            f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
     return f * b;
+}
+
+double dit_flops_final(const struct dit_config *c, int b, int n, int t)
+{
+    (void)t;
+    return 2.0 * n * c->hidden * dit_token_dim(c) * b;
+}
+
+double dit_flops(const struct dit_config *c, int b, int n, int t)
+{
+    int nb = c->num_layers + (c->family == DIT_FLUX ? c->num_single_layers : 0);
+    return dit_flops_embed(c, b, n, t) + dit_flops_blocks(c, 0, nb, b, n, t) +
+           dit_flops_final(c, b, n, t);
 }

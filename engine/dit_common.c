@@ -64,17 +64,21 @@ void dit_final_layer(struct dit *m, struct dit_work *w, const struct tensor *img
     }
 }
 
-/* MLP: x += gate * fc2(gelu_tanh(fc1(h))). */
+/* MLP: x += gate * fc2(gelu_tanh(fc1(h))); fc2's output is module `id`. */
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
-             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate)
+             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate,
+             const struct dit_module_hook *hk, int id)
 {
     struct backend *be = m->be;
     int64_t d = m->cfg.hidden;
     struct tensor hid = WV3(&w->big, h->ne[0], h->ne[1], d * m->cfg.mlp_ratio);
     struct tensor p = WV3(&w->proj, h->ne[0], h->ne[1], d);
-    dit_lin(be, &hid, h, fc1);
-    op_act(be, &hid, &hid, ACT_GELU_TANH);
-    dit_lin(be, &p, &hid, fc2);
+    if (!dit_hook_forecasts(hk)) {
+        dit_lin(be, &hid, h, fc1);
+        op_act(be, &hid, &hid, ACT_GELU_TANH);
+        dit_lin(be, &p, &hid, fc2);
+    }
+    dit_hook_call(hk, id, &p);
     op_gated_add(be, x, &p, gate);
 }
 

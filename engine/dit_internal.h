@@ -72,10 +72,24 @@ struct dit_work {
     struct tensor tok;  /* [B, N, C*p*p] output before reorder (SD3) */
 };
 
-int dit_forward_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                    struct tensor *out);
-int dit_forward_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in,
-                     struct tensor *out);
+/* The forward's stages per family (dit_stage_* dispatch here). */
+void dit_embed_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in);
+void dit_blocks_sd3(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                    int last, const struct dit_module_hook *hk);
+void dit_embed_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in);
+void dit_blocks_flux(struct dit *m, struct dit_work *w, const struct dit_inputs *in, int first,
+                     int last, const struct dit_module_hook *hk);
+
+static inline bool dit_hook_forecasts(const struct dit_module_hook *hk)
+{
+    return hk && hk->forecast;
+}
+/* After computing module `id` into p (store) or instead of it (forecast). */
+static inline void dit_hook_call(const struct dit_module_hook *hk, int id, struct tensor *p)
+{
+    if (hk)
+        hk->fn(hk->ctx, id, p);
+}
 
 /* Helpers used by both forwards. */
 /* y = x @ l.w^T + l.b */
@@ -125,6 +139,7 @@ void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor
              const struct vec *nk, bool norms);
 /* x += gate * fc2(gelu_tanh(fc1(h))). */
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
-             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate);
+             const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate,
+             const struct dit_module_hook *hk, int id);
 
 #endif

@@ -25,10 +25,9 @@
 #include "engine/vae.h"
 #include "kernels/ops.h"
 
-
-static const char *const comp_names[] = {"tokenizer",      "tokenizer_2",    "tokenizer_3",
-                                         "text_encoder",   "text_encoder_2", "text_encoder_3",
-                                         "transformer",    "vae"};
+static const char *const comp_names[] = {
+    "tokenizer",      "tokenizer_2",    "tokenizer_3", "text_encoder",
+    "text_encoder_2", "text_encoder_3", "transformer", "vae"};
 
 double ms_since(double t0) { return (clock_sec() - t0) * 1e3; }
 
@@ -96,8 +95,9 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
             goto fail;
         }
         if (!p->has[req[i]]) {
-            rc = err_set(em, ERR_NOTFOUND, "%s: component \"%s\" is missing (model_index.json "
-                                           "or its folder)",
+            rc = err_set(em, ERR_NOTFOUND,
+                         "%s: component \"%s\" is missing (model_index.json "
+                         "or its folder)",
                          model_dir, comp_names[req[i]]);
             goto fail;
         }
@@ -116,8 +116,8 @@ int pipeline_open(struct pipeline **out, struct backend *be, const char *model_d
                      model_dir);
         goto fail;
     }
-    p->max_seq = o->max_sequence_length > 0 ? o->max_sequence_length
-                                            : (p->fam == PIPE_SD3 ? 256 : 512);
+    p->max_seq =
+        o->max_sequence_length > 0 ? o->max_sequence_length : (p->fam == PIPE_SD3 ? 256 : 512);
     json_decref(idx);
     *out = p;
     return ERR_OK;
@@ -225,8 +225,8 @@ static int tokenize(struct pipeline *p, int which, const char *const *texts, int
                     int per_req, int32_t *ids, struct err_msg *em)
 {
     for (int s = 0; s < nseq; s++) {
-        int rc = tok_encode(p->tok[which], texts[s], strlen(texts[s]), len, ids + (size_t)s * len,
-                            NULL);
+        int rc =
+            tok_encode(p->tok[which], texts[s], strlen(texts[s]), len, ids + (size_t)s * len, NULL);
         if (rc && per_req)
             return err_set(em, rc, "request %d: tokenizer %s failed", s / per_req,
                            comp_names[C_TOK1 + which]);
@@ -293,8 +293,9 @@ static int encode(struct pipeline *p, const char *const *texts, int nseq, int pe
             pcol += cc->projection_dim;
         } else {
             if (cc->hidden != dc->pooled_projection_dim) {
-                rc = err_set(em, ERR_MISMATCH, "%s: CLIP width %d is not the transformer's "
-                                               "pooled width %d",
+                rc = err_set(em, ERR_MISMATCH,
+                             "%s: CLIP width %d is not the transformer's "
+                             "pooled width %d",
                              p->comp[C_TE1 + i], cc->hidden, dc->pooled_projection_dim);
                 goto done;
             }
@@ -349,7 +350,7 @@ done:
 /* -------------------------------------------------------------- denoising */
 
 void probe(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
-                  const struct tensor *t)
+           const struct tensor *t)
 {
     if (h && h->probe)
         h->probe(h->ctx, be, name, idx, t);
@@ -364,7 +365,7 @@ bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total
 
 /* Latents in the reference layout (SD3 NCHW, FLUX packed) for a probe. */
 void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
-                          const struct tensor *x, const struct tensor *nchw)
+                   const struct tensor *x, const struct tensor *nchw)
 {
     if (!h || !h->probe)
         return;
@@ -414,6 +415,8 @@ int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const flo
     float tsv[128], gv[128];
     int rc;
     RALUD_ASSERT(B <= 128);
+    if (d->cache)
+        cache_reset(d->cache, nsteps);
     for (int k = 0; k < nsteps; k++) {
         double ts0 = clock_sec();
         for (int b = 0; b < B; b++) {
@@ -425,14 +428,35 @@ int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const flo
             op_copy(be, &lo, x);
             op_copy(be, &hi, x);
         }
-        struct dit_inputs in = {.b = B, .n = N, .t = d->T, .x = d->cfg ? &xin : x, .pos = &pos,
-                                .txt = d->txt, .txt_ids = NULL, .pooled = d->pooled,
+        struct dit_inputs in = {.b = B,
+                                .n = N,
+                                .t = d->T,
+                                .x = d->cfg ? &xin : x,
+                                .pos = &pos,
+                                .txt = d->txt,
+                                .txt_ids = NULL,
+                                .pooled = d->pooled,
                                 .timestep = tsv,
                                 .guidance = (!sd3 && dc->guidance_embeds) ? gv : NULL};
-        if ((rc = dit_forward(p->dit, d->dw, &in, d->cfg ? &v2 : &v)))
-            return rc;
+        if (d->cache) {
+            struct cache_step cs;
+            if ((rc = cache_forward(d->cache, d->dw, &in, k, d->cfg ? &v2 : &v, &cs)))
+                return rc;
+            d->out->flops += cs.flops;
+            if (cs.hit && d->out->t.n_steps < GEN_MAX_STEPS)
+                d->out->cache_step_hit[d->out->t.n_steps] = true;
+            if (cs.hit)
+                d->out->cache_hits[d->stage]++;
+            else
+                d->out->cache_computed[d->stage]++;
+            LOG_DEBUG("stage=%d step=%d/%d cache=%s rel=%.6g acc=%.6g", d->stage, k, nsteps,
+                      cs.hit ? "hit" : "computed", cs.rel, cs.acc);
+        } else {
+            if ((rc = dit_forward(p->dit, d->dw, &in, d->cfg ? &v2 : &v)))
+                return rc;
+            d->out->flops += dit_flops(dc, B, N, d->T);
+        }
         d->out->nfe += B;
-        d->out->flops += dit_flops(dc, B, N, d->T);
         if (d->cfg) {
             struct tensor vn = tensor_slice(&v2, 0, 0, n), vp = tensor_slice(&v2, 0, n, n);
             op_cfg(be, &v, &vn, &vp, d->cfg_scale);
@@ -571,6 +595,7 @@ static void split_outputs(const struct gen_output *agg, const struct gen_request
         o->vae_flops = agg->vae_flops * ni / n;
         memcpy(o->cache_hits, agg->cache_hits, sizeof o->cache_hits);
         memcpy(o->cache_computed, agg->cache_computed, sizeof o->cache_computed);
+        memcpy(o->cache_step_hit, agg->cache_step_hit, sizeof o->cache_step_hit);
     }
 }
 
@@ -591,6 +616,7 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
     struct bufs bu = {.be = be};
     struct cond cond;
     struct dit_work *dw = NULL;
+    struct cache *cache = NULL;
     struct vae_work *vw = NULL;
     struct schedule sch;
     struct gen_output agg; /* the whole batch's counters and timings */
@@ -608,6 +634,13 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
     memset(&agg, 0, sizeof agg);
     if ((rc = check_batch(p, reqs, nreq, &n, em)))
         return rc;
+    bool use_cache = reqs[0]->cache && reqs[0]->cache->method != CACHE_NONE;
+    if (use_cache && (rc = cache_params_check(reqs[0]->cache, em)))
+        return rc;
+    /* A cache decides per batched forward, so requests batched together
+     * would share skip decisions and no longer match their single runs. */
+    if (use_cache && nreq > 1)
+        return err_set(em, ERR_INVAL, "requests with a feature cache cannot be batched");
     const struct gen_request *r = reqs[0]; /* the batch key */
     bimg = xmalloc(sizeof *bimg * (size_t)n);
     for (int i = 0, j = 0; i < nreq; i++) {
@@ -695,7 +728,8 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
     for (int b = 0; b < B; b++) {
         int i = bimg[b % n].req, src = cfg ? 2 * i + (b < n ? 0 : 1) : i;
         struct tensor dt = tensor_slice(&txt, 0, b, 1), st = tensor_slice(&cond.ctx, 0, src, 1);
-        struct tensor dp = tensor_slice(&pooled, 0, b, 1), sp = tensor_slice(&cond.pooled, 0, src, 1);
+        struct tensor dp = tensor_slice(&pooled, 0, b, 1),
+                      sp = tensor_slice(&cond.pooled, 0, src, 1);
         op_copy(be, &dt, &st);
         op_copy(be, &dp, &sp);
     }
@@ -708,10 +742,27 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
         err_set(em, rc, "cannot allocate transformer work buffers");
         goto done;
     }
-    struct denoise_ctx d = {.p = p, .h = h, .out = &agg, .dw = dw, .cfg = cfg, .n = n, .B = B,
-                            .T = T, .tokw = tokw, .txt = &txt, .pooled = &pooled, .xin = &xin,
-                            .v2 = &v2, .v = &v, .pos = &pos, .guidance = r->guidance,
-                            .cfg_scale = sd3 ? r->guidance : r->true_cfg, .img = bimg};
+    if (use_cache && (rc = cache_new(&cache, p->dit, r->cache, B, N, T, em)))
+        goto done;
+    struct denoise_ctx d = {.p = p,
+                            .h = h,
+                            .out = &agg,
+                            .dw = dw,
+                            .cfg = cfg,
+                            .n = n,
+                            .B = B,
+                            .T = T,
+                            .tokw = tokw,
+                            .txt = &txt,
+                            .pooled = &pooled,
+                            .xin = &xin,
+                            .v2 = &v2,
+                            .v = &v,
+                            .pos = &pos,
+                            .guidance = r->guidance,
+                            .cfg_scale = sd3 ? r->guidance : r->true_cfg,
+                            .img = bimg,
+                            .cache = cache};
     if (r->ralu) {
         rc = pipeline_ralu(&d, r, &x, &noise, host, em);
     } else {
@@ -720,8 +771,11 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
             pipeline_grid_pos(p, th, tw, host + (size_t)b * N * (sd3 ? 2 : 3));
         if ((rc = op_upload(be, pos.data, host, sizeof(float) * (size_t)B * N * (sd3 ? 2 : 3))))
             goto done;
+        probe(h, be, "positions", 0, &pos);
         if ((rc = pipeline_schedule(p, r->steps, N, &sch)))
             goto done;
+        probe_host(h, be, "timesteps", 0, sch.timesteps, sch.n);
+        probe_host(h, be, "sigmas", 0, sch.sigmas, sch.n + 1);
         rc = pipeline_run_steps(&d, &x, N, sch.sigmas, sch.timesteps, sch.n, 1.0f, "step_latents",
                                 sd3 ? &nchw : NULL);
     }
@@ -729,6 +783,8 @@ int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const 
         goto done;
     agg.t.denoise_ms = ms_since(t0);
     probe_latents(p, h, "latents_out", 0, &x, &nchw);
+    cache_free(cache);
+    cache = NULL;
     dit_work_free(dw);
     dw = NULL;
     if (!p->o.keep_loaded)
@@ -785,6 +841,7 @@ done:
     if (rc && em && !em->text[0])
         err_set(em, rc, "generation failed: %s", err_str(rc));
     vae_work_free(vw);
+    cache_free(cache);
     dit_work_free(dw);
     pipeline_bfree(&bu);
     free(host);
@@ -878,7 +935,8 @@ int pipeline_plan(struct pipeline *p, const struct gen_request *r, char *buf, si
         te_a = st[i].act > te_a ? st[i].act : te_a;
     }
     size_t dit_w = dir_weight_bytes(p->comp[C_DIT]);
-    size_t dit_a = dit_work_estimate(&p->dcfg, B, N, T);
+    size_t dit_a =
+        dit_work_estimate(&p->dcfg, B, N, T) + cache_estimate(&p->dcfg, r->cache, B, N, T);
     size_t vae_w = dir_weight_bytes(p->comp[C_VAE]);
     size_t vae_a = (size_t)imgs * r->width * r->height * 4 * 128 * 3;
     req = (size_t)B * T * p->dcfg.joint_attention_dim * 4 * 2 + (size_t)B * N * 64 * 4 * 6;

@@ -40,12 +40,12 @@ struct gen_request {
     const char *prompt;
     const char *negative_prompt; /* NULL = "" */
     int width, height, steps, n;
-    float guidance;   /* SD3: CFG scale; FLUX: distilled guidance */
-    float true_cfg;   /* FLUX: > 1 with a negative prompt runs real CFG */
-    uint64_t seed;    /* <= 2^53-1; image i uses seed + i */
-    const float *init_latents; /* NULL, or host noise in the reference layout
-                                * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
-    const struct ralu_params *ralu; /* NULL: standard sampler; else RALU */
+    float guidance;                   /* SD3: CFG scale; FLUX: distilled guidance */
+    float true_cfg;                   /* FLUX: > 1 with a negative prompt runs real CFG */
+    uint64_t seed;                    /* <= 2^53-1; image i uses seed + i */
+    const float *init_latents;        /* NULL, or host noise in the reference layout
+                                       * (SD3 [n,16,h,w]; FLUX packed [n,N,64]) */
+    const struct ralu_params *ralu;   /* NULL: standard sampler; else RALU */
     const struct cache_params *cache; /* NULL or CACHE_NONE: every step computed */
     /* Test injection of RALU's draws (n == 1): re-noising noise for the two
      * transitions in their token layouts and the raw tie-break normals;
@@ -64,30 +64,54 @@ struct gen_timings {
     double vae_ms;
     double total_ms;
     /* RALU only */
-    double stage_ms[3];   /* denoising per stage */
+    double stage_ms[3];    /* denoising per stage */
     double edge_decode_ms; /* low-resolution VAE decode of the x0 estimate */
-    double canny_ms;      /* gray + Canny + scores + top-K */
-    double renoise_ms;    /* both transitions: expand, gather, re-noise, sort */
+    double canny_ms;       /* gray + Canny + scores + top-K */
+    double renoise_ms;     /* both transitions: expand, gather, re-noise, sort */
 };
 
 struct gen_output {
     int n, width, height;
-    float *rgb;     /* host [n, H, W, 3] in [0, 1] */
+    float *rgb; /* host [n, H, W, 3] in [0, 1] */
     struct gen_timings t;
-    int nfe;        /* transformer forwards (a CFG pair counts 2) */
-    double flops;   /* transformer FLOPs, from dit_flops */
+    int nfe;          /* transformer forwards (a CFG pair counts 2); cache hits count too:
+                       * their embeddings and final layer run (flops: what ran) */
+    double flops;     /* transformer FLOPs, from dit_flops */
     double vae_flops; /* VAE decodes (final, and RALU's edge decode) */
     /* Feature caching, per stage (index 0 without RALU): denoise steps whose
      * transformer was skipped or forecast, and steps fully computed. */
     int cache_hits[3];
     int cache_computed[3];
+    /* Per denoise step in run order (all stages, as t.step_ms): true when
+     * the cache skipped or forecast that step. */
+    bool cache_step_hit[GEN_MAX_STEPS];
 };
 
 /* Called after each stage and denoise step; return nonzero to cancel. */
 typedef int (*gen_progress_fn)(void *ctx, const char *stage, int step, int total);
-/* Test hook: sees intermediate backend tensors by name ("prompt_embeds",
- * "negative_prompt_embeds", "pooled_prompt_embeds", "step_latents" (index =
- * step), "latents_out", "image"); latents in the reference layout. */
+/* Test hook: sees intermediate backend tensors by name, latents in the
+ * reference layout, index 0 unless stated. The tensor is borrowed for the
+ * call; read it (op_download) before returning. Names are the golden cases'
+ * (tests/data/vectors) where the engine holds the same thing:
+ *  - every sampler: "prompt_embeds", "negative_prompt_embeds",
+ *    "pooled_prompt_embeds", "negative_pooled_prompt_embeds" (index =
+ *    request), "latents_out", "image" [n, H, W, 3];
+ *  - standard sampler: "positions" [B, N, P] F32 as the model sees them
+ *    (SD3 table (row, col), FLUX ids (0, row, col)), "timesteps" [steps],
+ *    "sigmas" [steps + 1], "step_latents" (index = step);
+ *  - RALU: "stage<k>_timesteps" [N_k + 1], "stage<k>_ids" (k = 1, 2) and
+ *    "stage3_ids_unsorted" [n, T, P] grid ids, "stage<k>_pos" [n, T, P]
+ *    each stage's model positions per image (FLUX ids (0, row, col); SD3
+ *    sin-cos table coordinates (row, col); stage 3 in raster order),
+ *    "stage<k>_latents_start", "stage<k>_step_latents" (index = step),
+ *    "stage1_v_last", "x0_hat", "x0_decoded" [n, H/2, W/2, 3], "gray_u8"
+ *    and "canny_edges" [n, H/2, W/2] U8, "edge_scores" [n, Md],
+ *    "perm" [n, Md] I32 = idx_1x ++ idx_2x (index = K),
+ *    "stage<k>_latents_prenoise" (k = 2, 3), and "stage3_dest" [n, M] I32,
+ *    the raster slot of each unsorted stage-3 token (the inverse of the
+ *    reference's stage3_sort_perm).
+ * Values that live on the host (the schedules) are copied into a 1-D F32
+ * backend tensor for the call; that copy is made only when a probe is set. */
 typedef void (*gen_probe_fn)(void *ctx, struct backend *be, const char *name, int index,
                              const struct tensor *t);
 
@@ -140,8 +164,7 @@ int pipeline_generate(struct pipeline *p, const struct gen_request *r, const str
  * Probes see whole-batch tensors (images in request order), except the
  * prompt embeddings, probed per request with index = request index. */
 int pipeline_generate_batch(struct pipeline *p, const struct gen_request *const *reqs, int nreq,
-                            const struct gen_hooks *h, struct gen_output *outs,
-                            struct err_msg *em);
+                            const struct gen_hooks *h, struct gen_output *outs, struct err_msg *em);
 void gen_output_free(struct gen_output *o);
 
 #endif

@@ -55,20 +55,22 @@ struct denoise_ctx {
     const struct gen_hooks *h;
     struct gen_output *out;
     struct dit_work *dw;
-    bool cfg;         /* doubled batch [negative x n, positive x n] */
+    bool cfg; /* doubled batch [negative x n, positive x n] */
     int n, B, T, tokw;
-    const struct tensor *txt, *pooled; /* [B, T, joint], [B, pooled] */
+    const struct tensor *txt, *pooled;       /* [B, T, joint], [B, pooled] */
     const struct tensor *xin, *v2, *v, *pos; /* work buffers */
     float guidance, cfg_scale;
     const struct batch_img *img; /* [n]: who owns each image */
+    struct cache *cache;         /* NULL: every step runs dit_forward */
+    int stage;                   /* index into out->cache_hits / cache_computed */
 };
 
 #define WVIEW3(buf, a, b, c) tensor_make((buf)->data, DTYPE_F32, 3, (int64_t[]){(a), (b), (c)})
 
-/* nsteps Euler steps on x [n, N, tokw]: the model sees model_t[k] (1000 sigma
- * units), then x += (v * (ts[k+1] - ts[k])) * unit. d->pos must hold the
- * [B, N, P] positions. probe_nchw: SD3 latents are probed as NCHW when
- * given, else as packed tokens. */
+/* nsteps Euler steps on x [n, N, tokw] (with a cache: one cache run, reset
+ * first, its hits and computed steps counted in out->cache_*[d->stage]): the model sees model_t[k]
+ * (1000 sigma units), then x += (v * (ts[k+1] - ts[k])) * unit. d->pos must hold the [B, N, P]
+ * positions. probe_nchw: SD3 latents are probed as NCHW when given, else as packed tokens. */
 int pipeline_run_steps(struct denoise_ctx *d, struct tensor *x, int N, const float *ts,
                        const float *model_t, int nsteps, float unit, const char *probe_name,
                        const struct tensor *probe_nchw);
@@ -91,5 +93,9 @@ void probe(const struct gen_hooks *h, struct backend *be, const char *name, int 
 bool cancelled(const struct gen_hooks *h, const char *stage, int step, int total);
 void probe_latents(struct pipeline *p, const struct gen_hooks *h, const char *name, int idx,
                    const struct tensor *x, const struct tensor *nchw);
+/* pipeline_probe.c: host values v [n] as a 1-D F32 backend tensor copy (see
+ * gen_probe_fn); allocates, so only when h has a probe. */
+void probe_host(const struct gen_hooks *h, struct backend *be, const char *name, int idx,
+                const float *v, int64_t n);
 
 #endif

@@ -16,9 +16,12 @@
  *    pipeline from a global RNG; the tie-break also comes from the seed;
  *  - ties at the top-K cut: higher (score + 1e-6 tie-break) first, then the
  *    lower token index (the reference leaves it to torch.topk);
- *  - SD3 (no reference code): positions are sin-cos table coordinates of the
+ *  - SD3 (no official code): positions are sin-cos table coordinates of the
  *    low-resolution crop in stages 1-2 (children at +0.5) and of the full
- *    crop in stage 3 (spec section 7); CFG pairs share one selection. */
+ *    crop in stage 3 (spec section 7); CFG pairs share one selection. The
+ *    sd3_ralu_pipeline golden cases check this path end to end against
+ *    tools/ref_sd3_ralu.py, the FLUX code's logic ported onto diffusers'
+ *    SD3 pipeline. */
 #define LOG_MODULE "engine.ralu"
 #include <math.h>
 #include <stdlib.h>
@@ -30,28 +33,6 @@
 #include "engine/ralu_sched.h"
 #include "engine/rng.h"
 #include "kernels/ops.h"
-
-/* Noise for one image at a transition, in the token layout of that stage:
- * n_iid independent tokens and n_grp groups of 4 sibling tokens with
- * covariance I - c'11^T per feature, in the given order (groups first or
- * last). z_i = e_i - gamma * mean(e), gamma = 1 - sqrt(1 - 4c'). */
-static void draw_noise(float *out, uint64_t seed, uint32_t stream, int n_iid, int n_grp,
-                       bool groups_first, int tokw, double c)
-{
-    int64_t T = n_iid + 4 * (int64_t)n_grp;
-    double cp = c - 1e-6;
-    float gamma = (float)(1.0 - sqrt(1.0 - 4.0 * cp));
-    rng_normal(seed, stream, 0, out, T * tokw);
-    int64_t g0 = groups_first ? 0 : n_iid;
-    for (int64_t g = 0; g < n_grp; g++) {
-        float *t0 = out + (g0 + 4 * g) * tokw;
-        for (int f = 0; f < tokw; f++) {
-            float m = (t0[f] + t0[tokw + f] + t0[2 * tokw + f] + t0[3 * tokw + f]) * 0.25f;
-            for (int k = 0; k < 4; k++)
-                t0[k * tokw + f] -= gamma * m;
-        }
-    }
-}
 
 /* Replicate per-image positions [n, N, P] into the forward batch [B, N, P]. */
 static void fill_pos(struct denoise_ctx *d, const struct tensor *pos_n, int N, int P)
@@ -98,7 +79,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     struct tensor lownchw, x0, z, img, gray, edges, scores, tieb, noise;
     if (!p->vae && (rc = vae_open(&p->vae, be, p->comp[C_VAE], em)))
         return rc;
-    int vs = vae_scale(vae_cfg(p->vae)); /* pixels per latent pixel */
+    int vs = vae_scale(vae_cfg(p->vae));    /* pixels per latent pixel */
     int ih = lh * 2 * vs, iw = lw * 2 * vs; /* edge-decode image size (H/2, W/2) */
     if ((rc = pipeline_balloc(&bu, &x1, 3, (int64_t[]){n, Md, tokw})) ||
         (rc = pipeline_balloc(&bu, &x2, 3, (int64_t[]){n, T2, tokw})) ||
@@ -126,8 +107,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             int nd;
             int64_t ne[3];
         } it[] = {
-            {&idx2, DTYPE_I32, 2, {n, T2}}, {&idx3, DTYPE_I32, 2, {n, M}},
-            {&dest3, DTYPE_I32, 2, {n, M}}, {&perm, DTYPE_I32, 2, {n, Md}},
+            {&idx2, DTYPE_I32, 2, {n, T2}},    {&idx3, DTYPE_I32, 2, {n, M}},
+            {&dest3, DTYPE_I32, 2, {n, M}},    {&perm, DTYPE_I32, 2, {n, Md}},
             {&gray, DTYPE_U8, 3, {n, ih, iw}}, {&edges, DTYPE_U8, 3, {n, ih, iw}},
         };
         for (size_t i = 0; i < sizeof it / sizeof *it; i++) {
@@ -163,13 +144,17 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         }
     if ((rc = op_upload(be, gid1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
+    probe(h, be, "stage1_ids", 0, &gid1);
     for (size_t i = 0; i < (size_t)n * Md; i++) /* model positions: + the crop offset */
         for (int k = 0; k < P; k++)
             host[i * P + k] += fpos_off[k];
     if ((rc = op_upload(be, pos1.data, host, sizeof(float) * (size_t)n * Md * P)))
         goto done;
+    probe(h, be, "stage1_pos", 0, &pos1);
     probe(h, be, "stage1_latents_start", 0, &x1);
+    probe_host(h, be, "stage1_timesteps", 0, rs.ts[0], rs.n[0] + 1);
     fill_pos(d, &pos1, Md, P);
+    d->stage = 0;
     if ((rc = pipeline_run_steps(d, &x1, Md, rs.ts[0], rs.ts[0], rs.n[0], 1e-3f,
                                  "stage1_step_latents", NULL)))
         goto done;
@@ -180,6 +165,7 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     {
         struct tensor v = WVIEW3(d->v, n, Md, tokw);
         op_axpy(be, &x0, &x1, &v, rs.ts[0][rs.n[0]], -1e-3f);
+        probe(h, be, "stage1_v_last", 0, &v);
         probe(h, be, "x0_hat", 0, &x0);
         const struct vae_config *vc = vae_cfg(p->vae);
         struct tensor zt = tensor_reshape3(&z, n, (int64_t)4 * Md, C);
@@ -198,7 +184,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     out->t.edge_decode_ms = ms_since(t0);
     t0 = clock_sec();
     op_gray_u8(be, &gray, &img);
+    probe(h, be, "gray_u8", 0, &gray);
     op_canny(be, &edges, &gray, 100, 200);
+    probe(h, be, "canny_edges", 0, &edges);
     op_block_sum(be, &scores, &edges, 2 * vs);
     for (int b = 0; b < n; b++) { /* keyed by the image's own seed, as alone */
         const struct batch_img *bi = &d->img[b];
@@ -218,12 +206,20 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     /* expand: selected tokens -> 4 children at half steps; re-noise */
     t0 = clock_sec();
     {
-        struct ralu_expand_args ea = {.idx_out = &idx2, .gid_out = &gid2, .pos_out = &pos2,
-                                      .order = &perm, .gid_in = &gid1, .n_single = Md - K,
-                                      .n_rep = K, .scale = 1.0f, .row_dim = row_dim};
+        struct ralu_expand_args ea = {.idx_out = &idx2,
+                                      .gid_out = &gid2,
+                                      .pos_out = &pos2,
+                                      .order = &perm,
+                                      .gid_in = &gid1,
+                                      .n_single = Md - K,
+                                      .n_rep = K,
+                                      .scale = 1.0f,
+                                      .row_dim = row_dim};
         memcpy(ea.pos_off, fpos_off, sizeof fpos_off);
         op_ralu_expand(be, &ea);
+        probe(h, be, "stage2_pos", 0, &pos2);
         op_gather_rows(be, &x2, &x1, &idx2);
+        probe(h, be, "stage2_ids", 0, &gid2);
         probe(h, be, "stage2_latents_prenoise", 0, &x2);
         for (int b = 0; b < n; b++) {
             const struct batch_img *bi = &d->img[b];
@@ -231,8 +227,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise2 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise2, sizeof(float) * (size_t)T2 * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
-                           false, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_1, Md - K, K,
+                                false, tokw, rs.c);
         }
         struct tensor nz = WVIEW3(&noise, n, T2, tokw);
         if ((rc = op_upload(be, nz.data, host, sizeof(float) * (size_t)n * T2 * tokw)))
@@ -248,7 +244,9 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
 
     /* ---- stage 2: mixed resolution ---- */
     t0 = clock_sec();
+    probe_host(h, be, "stage2_timesteps", 0, rs.ts[1], rs.n[1] + 1);
     fill_pos(d, &pos2, T2, P);
+    d->stage = 1;
     if ((rc = pipeline_run_steps(d, &x2, T2, rs.ts[1], rs.ts[1], rs.n[1], 1e-3f,
                                  "stage2_step_latents", NULL)))
         goto done;
@@ -257,12 +255,20 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
     /* ---- transition 2: the rest to full resolution, ids x2, sort ---- */
     t0 = clock_sec();
     {
-        struct ralu_expand_args ea = {.idx_out = &idx3, .gid_out = &gid3, .dest_out = &dest3,
-                                      .gid_in = &gid2, .n_single = 4 * K, .n_rep = Md - K,
-                                      .rep_first = true, .scale = 2.0f, .row_dim = row_dim,
+        struct ralu_expand_args ea = {.idx_out = &idx3,
+                                      .gid_out = &gid3,
+                                      .dest_out = &dest3,
+                                      .gid_in = &gid2,
+                                      .n_single = 4 * K,
+                                      .n_rep = Md - K,
+                                      .rep_first = true,
+                                      .scale = 2.0f,
+                                      .row_dim = row_dim,
                                       .grid_w = tw};
         op_ralu_expand(be, &ea);
         op_gather_rows(be, &x3u, &x2, &idx3);
+        probe(h, be, "stage3_ids_unsorted", 0, &gid3);
+        probe(h, be, "stage3_dest", 0, &dest3);
         probe(h, be, "stage3_latents_prenoise", 0, &x3u);
         for (int b = 0; b < n; b++) {
             const struct batch_img *bi = &d->img[b];
@@ -270,8 +276,8 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
             if (bi->r->ralu_noise3 && bi->n == 1)
                 memcpy(hb, bi->r->ralu_noise3, sizeof(float) * (size_t)M * tokw);
             else
-                draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
-                           Md - K, true, tokw, rs.c);
+                ralu_draw_noise(hb, bi->r->seed + (uint64_t)bi->k, RNG_STREAM_RENOISE_2, 4 * K,
+                                Md - K, true, tokw, rs.c);
         }
         if ((rc = op_upload(be, noise.data, host, sizeof(float) * (size_t)n * M * tokw)))
             goto done;
@@ -287,9 +293,12 @@ int pipeline_ralu(struct denoise_ctx *d, const struct gen_request *r, struct ten
         pipeline_grid_pos(p, th, tw, host + (size_t)b * M * P);
     if ((rc = op_upload(be, pos3.data, host, sizeof(float) * (size_t)n * M * P)))
         goto done;
+    probe(h, be, "stage3_pos", 0, &pos3);
+    probe_host(h, be, "stage3_timesteps", 0, rs.ts[2], rs.n[2] + 1);
     fill_pos(d, &pos3, M, P);
-    if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f,
-                                 "stage3_step_latents", NULL)))
+    d->stage = 2;
+    if ((rc = pipeline_run_steps(d, x, M, rs.ts[2], rs.ts[2], rs.n[2], 1e-3f, "stage3_step_latents",
+                                 NULL)))
         goto done;
     out->t.stage_ms[2] = ms_since(t0);
     rc = ERR_OK;

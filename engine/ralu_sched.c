@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "engine/rng.h"
+
 /* ------------------------------------------------------------- presets */
 
 /* Published values (spec 3.2).
@@ -361,4 +363,24 @@ int ralu_ntdm_optimise(const int N[3], const double e[3], double h_ori, struct r
     memcpy(p->h, x, 3 * sizeof *x);
     p->Z = x[3];
     return ERR_OK;
+}
+
+/* ----------------------------------------------------------- re-noising */
+
+void ralu_draw_noise(float *out, uint64_t seed, uint32_t stream, int n_iid, int n_grp,
+                     bool groups_first, int tokw, double c)
+{
+    int64_t T = n_iid + 4 * (int64_t)n_grp;
+    double cp = c - 1e-6;
+    float gamma = (float)(1.0 - sqrt(1.0 - 4.0 * cp));
+    rng_normal(seed, stream, 0, out, T * tokw);
+    int64_t g0 = groups_first ? 0 : n_iid;
+    for (int64_t g = 0; g < n_grp; g++) {
+        float *t0 = out + (g0 + 4 * g) * tokw;
+        for (int f = 0; f < tokw; f++) {
+            float m = (t0[f] + t0[tokw + f] + t0[2 * tokw + f] + t0[3 * tokw + f]) * 0.25f;
+            for (int k = 0; k < 4; k++)
+                t0[k * tokw + f] -= gamma * m;
+        }
+    }
 }

@@ -1,15 +1,20 @@
 /* engine/ralu_sched.h - RALU stage schedules (shared/spec/ralu.md 2, 3, 4.4):
  * the named presets, the derived constants (stage starts s, re-noising
  * coefficients a and b, c = 1/Z^2), the per-stage timesteps, and NT-DM, the
- * optimiser that picks the shifts h and Z for a custom (N, e).
+ * optimiser that picks the shifts h and Z for a custom (N, e); and the
+ * correlated re-noising draw at the stage transitions.
  *
  * Pure host math in double, as the reference does it in numpy / Python
- * floats; only the timesteps are float32. No backend, no allocation.
+ * floats; only the timesteps (and the noise) are float32. No backend, no
+ * allocation.
  *
  * Time: paper time t runs from 0 (noise) to 1 (clean); sigma = 1 - t.
  * Stage k (0-based here) covers [s[k], e[k]] with s[0] = 0 and e[2] = 1. */
 #ifndef RALUD_ENGINE_RALU_SCHED_H
 #define RALUD_ENGINE_RALU_SCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "base/err.h"
 
@@ -68,5 +73,16 @@ double ralu_ntdm_jsd(const int N[3], const double e[3], double h_ori, const doub
  * valley: h and Z differ from the reference's (scipy's L-BFGS-B stops
  * early, spec 10.2) while the JSD is lower. */
 int ralu_ntdm_optimise(const int N[3], const double e[3], double h_ori, struct ralu_params *p);
+
+/* Re-noising noise for one image at a transition (spec 4.4), in that
+ * stage's token layout: n_iid tokens of independent N(0, 1) and n_grp groups
+ * of 4 consecutive sibling tokens whose covariance is I - c'11^T per feature
+ * (c' = c - 1e-6, as the reference's PSD margin), groups first or last; out
+ * holds (n_iid + 4 n_grp) x tokw floats, token-major. A pure function of
+ * (seed, stream): Philox normals e, then per group and feature
+ * z_i = e_i - gamma * mean(e), gamma = 1 - sqrt(1 - 4c'). Host math; the
+ * RALU sampler uploads the result. c must be in [0, 1/4]. */
+void ralu_draw_noise(float *out, uint64_t seed, uint32_t stream, int n_iid, int n_grp,
+                     bool groups_first, int tokw, double c);
 
 #endif

@@ -37,29 +37,29 @@ enum patch_order {
 };
 
 struct attn_params {
-    float scale;          /* multiplies q.k */
+    float scale;                /* multiplies q.k */
     const struct tensor *kmask; /* NULL or [B, Lk] U8: 0 = key masked out */
-    const int *klens;     /* NULL or host int[B]: keys >= klens[b] are ignored */
-    const int *qlens;     /* NULL or host int[B]: query rows >= qlens[b] are written as 0 */
-    bool causal;          /* key j > query i is masked (CLIP text encoder) */
-    const struct tensor *bias; /* NULL or [H, Lq, Lk] F32 added to the scaled scores
-                                * (T5 relative position bias), shared by the batch */
+    const int *klens;           /* NULL or host int[B]: keys >= klens[b] are ignored */
+    const int *qlens;           /* NULL or host int[B]: query rows >= qlens[b] are written as 0 */
+    bool causal;                /* key j > query i is masked (CLIP text encoder) */
+    const struct tensor *bias;  /* NULL or [H, Lq, Lk] F32 added to the scaled scores
+                                 * (T5 relative position bias), shared by the batch */
 };
 
 /* RALU token-list expansion (see op_ralu_expand). */
 struct ralu_expand_args {
-    struct tensor *idx_out;  /* [B, T] I32: source token of each output token */
-    struct tensor *gid_out;  /* [B, T, P] F32: grid ids of the output tokens */
-    struct tensor *pos_out;  /* NULL or [B, T, P] F32: gid_out + pos_off (model positions) */
-    struct tensor *dest_out; /* NULL or [B, T] I32: raster index row * grid_w + col */
+    struct tensor *idx_out;      /* [B, T] I32: source token of each output token */
+    struct tensor *gid_out;      /* [B, T, P] F32: grid ids of the output tokens */
+    struct tensor *pos_out;      /* NULL or [B, T, P] F32: gid_out + pos_off (model positions) */
+    struct tensor *dest_out;     /* NULL or [B, T] I32: raster index row * grid_w + col */
     const struct tensor *order;  /* NULL (identity) or [B, S] I32: source order */
     const struct tensor *gid_in; /* [B, S, P] F32 */
-    int n_single, n_rep;     /* S = n_single + n_rep, T = n_single + 4 n_rep */
-    bool rep_first;          /* the repeated tokens come first (in order) */
-    float scale;             /* applied to output grid ids (2 at the last transition) */
-    int row_dim;             /* index of the row coordinate in P (col = row_dim + 1) */
-    int grid_w;              /* raster width for dest_out */
-    float pos_off[4];        /* per-coordinate offset for pos_out */
+    int n_single, n_rep;         /* S = n_single + n_rep, T = n_single + 4 n_rep */
+    bool rep_first;              /* the repeated tokens come first (in order) */
+    float scale;                 /* applied to output grid ids (2 at the last transition) */
+    int row_dim;                 /* index of the row coordinate in P (col = row_dim + 1) */
+    int grid_w;                  /* raster width for dest_out */
+    float pos_off[4];            /* per-coordinate offset for pos_out */
 };
 
 struct backend_ops {
@@ -99,15 +99,16 @@ struct backend_ops {
                 const struct tensor *b);
     void (*axpy)(struct backend *be, struct tensor *y, const struct tensor *x,
                  const struct tensor *v, float a, float b);
-    void (*lincomb)(struct backend *be, struct tensor *y, float a, const struct tensor *x,
-                    float b, const struct tensor *z);
+    void (*lincomb)(struct backend *be, struct tensor *y, float a, const struct tensor *x, float b,
+                    const struct tensor *z);
     void (*affine)(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
                    float mul, float div, float post_add, float lo, float hi);
     void (*cfg)(struct backend *be, struct tensor *y, const struct tensor *neg,
                 const struct tensor *pos, float g);
+    void (*l1_dist)(struct backend *be, struct tensor *y, const struct tensor *a,
+                    const struct tensor *b);
     void (*attention)(struct backend *be, struct tensor *o, const struct tensor *q,
-                      const struct tensor *k, const struct tensor *v,
-                      const struct attn_params *p);
+                      const struct tensor *k, const struct tensor *v, const struct attn_params *p);
     void (*rope_freqs)(struct backend *be, struct tensor *out, const struct tensor *ids,
                        const int *axes_dims, int n_axes, float theta);
     void (*rope_apply)(struct backend *be, struct tensor *x, const struct tensor *freqs);
@@ -119,8 +120,7 @@ struct backend_ops {
     void (*unpatchify)(struct backend *be, struct tensor *y, const struct tensor *x, int p,
                        enum patch_order order);
     void (*conv2d)(struct backend *be, struct tensor *y, const struct tensor *x,
-                   const struct tensor *w, const struct tensor *bias, int stride,
-                   const int pad[4]);
+                   const struct tensor *w, const struct tensor *bias, int stride, const int pad[4]);
     void (*group_norm)(struct backend *be, struct tensor *y, const struct tensor *x,
                        const struct tensor *w, const struct tensor *b, int groups, float eps,
                        bool silu);
@@ -137,8 +137,7 @@ struct backend_ops {
                          const struct tensor *idx);
     /* RALU edge selection (see op_gray_u8 .. op_topk_split) */
     void (*gray_u8)(struct backend *be, struct tensor *y, const struct tensor *x);
-    void (*canny)(struct backend *be, struct tensor *y, const struct tensor *x, int low,
-                  int high);
+    void (*canny)(struct backend *be, struct tensor *y, const struct tensor *x, int low, int high);
     void (*block_sum)(struct backend *be, struct tensor *y, const struct tensor *x, int bs);
     void (*topk_split)(struct backend *be, struct tensor *perm, const struct tensor *scores,
                        const struct tensor *tiebreak, int K);
@@ -152,10 +151,10 @@ struct backend {
 };
 
 struct backend_opts {
-    int n_threads;              /* CPU: worker threads (>= 1) */
-    int device;                 /* GPU ordinal */
+    int n_threads; /* CPU: worker threads (>= 1) */
+    int device;    /* GPU ordinal */
     enum matmul_mode matmul_mode;
-    bool strict;                /* CPU: activation memory PROT_NONE outside ops */
+    bool strict; /* CPU: activation memory PROT_NONE outside ops */
 };
 
 /* kind: "cpu" | "cuda". Returns ERR_UNSUPPORTED for a kind not built or not

@@ -15,15 +15,15 @@ static void check_vec(const struct tensor *v, int64_t B, int64_t C)
     A(v->ndim == 2 && v->ne[0] == B && v->ne[1] == C);
 }
 
-#define CALL(be, op, ...)                 \
-    do {                                  \
-        (be)->ops->op_begin(be);          \
-        (be)->ops->op(be, __VA_ARGS__);   \
-        (be)->ops->op_end(be);            \
+#define CALL(be, op, ...)               \
+    do {                                \
+        (be)->ops->op_begin(be);        \
+        (be)->ops->op(be, __VA_ARGS__); \
+        (be)->ops->op_end(be);          \
     } while (0)
 
-void op_matmul(struct backend *be, struct tensor *y, const struct tensor *x,
-               const struct tensor *w, const struct tensor *bias)
+void op_matmul(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *w,
+               const struct tensor *bias)
 {
     A(is_f32(x) && is_f32(y));
     A(w->ndim == 2 && dtype_is_float(w->dtype) && tensor_is_contiguous(w));
@@ -124,6 +124,14 @@ void op_lincomb(struct backend *be, struct tensor *y, float a, const struct tens
     CALL(be, lincomb, y, a, x, b, z);
 }
 
+void op_l1_dist(struct backend *be, struct tensor *y, const struct tensor *a,
+                const struct tensor *b)
+{
+    A(is_f32(a) && is_f32(b) && tensor_same_shape(a, b));
+    A(y->dtype == DTYPE_F32 && tensor_is_contiguous(y) && tensor_nelem(y) == 2);
+    CALL(be, l1_dist, y, a, b);
+}
+
 void op_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
                float mul, float div, float post_add, float lo, float hi)
 {
@@ -159,8 +167,7 @@ void op_attention(struct backend *be, struct tensor *o, const struct tensor *q,
         A(q->ne[1] == k->ne[1]);
     if (p->bias)
         A(is_f32(p->bias) && tensor_is_contiguous(p->bias) && p->bias->ndim == 3 &&
-          p->bias->ne[0] == q->ne[2] && p->bias->ne[1] == q->ne[1] &&
-          p->bias->ne[2] == k->ne[1]);
+          p->bias->ne[0] == q->ne[2] && p->bias->ne[1] == q->ne[1] && p->bias->ne[2] == k->ne[1]);
     CALL(be, attention, o, q, k, v, p);
 }
 
@@ -202,8 +209,7 @@ void op_sincos_pos_embed(struct backend *be, struct tensor *y, const struct tens
       pos->ne[2] == 2);
     if (table)
         A(dtype_is_float(table->dtype) && tensor_is_contiguous(table) &&
-          tensor_cols(table) == y->ne[2] &&
-          tensor_rows(table) == (int64_t)table_side * table_side);
+          tensor_cols(table) == y->ne[2] && tensor_rows(table) == (int64_t)table_side * table_side);
     CALL(be, sincos_pos_embed, y, pos, table, table_side, pos_scale);
 }
 
@@ -233,8 +239,8 @@ void op_ralu_expand(struct backend *be, const struct ralu_expand_args *a)
     A(is_f32(gi) && tensor_is_contiguous(gi) && gi->ndim == 3 && a->n_single >= 0 &&
       a->n_rep >= 0 && a->n_single + a->n_rep == S && a->row_dim >= 0 && a->row_dim + 1 < P &&
       P <= 4);
-    A(a->idx_out->dtype == DTYPE_I32 && tensor_is_contiguous(a->idx_out) &&
-      a->idx_out->ndim == 2 && a->idx_out->ne[0] == B && a->idx_out->ne[1] == T);
+    A(a->idx_out->dtype == DTYPE_I32 && tensor_is_contiguous(a->idx_out) && a->idx_out->ndim == 2 &&
+      a->idx_out->ne[0] == B && a->idx_out->ne[1] == T);
     A(is_f32(a->gid_out) && tensor_is_contiguous(a->gid_out) && a->gid_out->ndim == 3 &&
       a->gid_out->ne[0] == B && a->gid_out->ne[1] == T && a->gid_out->ne[2] == P);
     if (a->pos_out)
@@ -244,8 +250,8 @@ void op_ralu_expand(struct backend *be, const struct ralu_expand_args *a)
         A(a->dest_out->dtype == DTYPE_I32 && tensor_is_contiguous(a->dest_out) &&
           tensor_same_shape(a->dest_out, a->idx_out) && a->grid_w > 0);
     if (a->order)
-        A(a->order->dtype == DTYPE_I32 && tensor_is_contiguous(a->order) &&
-          a->order->ndim == 2 && a->order->ne[0] == B && a->order->ne[1] == S);
+        A(a->order->dtype == DTYPE_I32 && tensor_is_contiguous(a->order) && a->order->ndim == 2 &&
+          a->order->ne[0] == B && a->order->ne[1] == S);
     be->ops->op_begin(be);
     be->ops->ralu_expand(be, a);
     be->ops->op_end(be);
@@ -267,8 +273,8 @@ void op_patch_reorder(struct backend *be, struct tensor *y, const struct tensor 
     CALL(be, patch_reorder, y, x, p);
 }
 
-void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
-               const struct tensor *w, const struct tensor *bias, int stride, const int pad[4])
+void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *w,
+               const struct tensor *bias, int stride, const int pad[4])
 {
     A(is_f32(x) && is_f32(y) && x->ndim == 4 && y->ndim == 4 && tensor_is_contiguous(x) &&
       tensor_is_contiguous(y));
@@ -283,8 +289,7 @@ void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
 }
 
 void op_group_norm(struct backend *be, struct tensor *y, const struct tensor *x,
-                   const struct tensor *w, const struct tensor *b, int groups, float eps,
-                   bool silu)
+                   const struct tensor *w, const struct tensor *b, int groups, float eps, bool silu)
 {
     A(is_f32(x) && is_f32(y) && tensor_same_shape(x, y) && x->ndim == 4 &&
       tensor_is_contiguous(x) && tensor_is_contiguous(y));
@@ -355,9 +360,8 @@ static bool is_u8_img(const struct tensor *t)
 void op_gray_u8(struct backend *be, struct tensor *y, const struct tensor *x)
 {
     A(is_f32(x) && tensor_is_contiguous(x) && x->ndim == 4 && x->ne[3] == 3);
-    A((y->dtype == DTYPE_U8 || y->dtype == DTYPE_F32) && y->ndim == 3 &&
-      tensor_is_contiguous(y) && y->ne[0] == x->ne[0] && y->ne[1] == x->ne[1] &&
-      y->ne[2] == x->ne[2]);
+    A((y->dtype == DTYPE_U8 || y->dtype == DTYPE_F32) && y->ndim == 3 && tensor_is_contiguous(y) &&
+      y->ne[0] == x->ne[0] && y->ne[1] == x->ne[1] && y->ne[2] == x->ne[2]);
     CALL(be, gray_u8, y, x);
 }
 

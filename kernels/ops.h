@@ -19,8 +19,8 @@
 /* y[r, n] = sum_k x[r, k] * (w[n, k] * w.scale) + bias[n].
  * x [..., K] F32, w [N, K] contiguous any float dtype, bias [N] F32 or NULL,
  * y [..., N] F32 (rows of x and y correspond). Precision per be->matmul_mode. */
-void op_matmul(struct backend *be, struct tensor *y, const struct tensor *x,
-               const struct tensor *w, const struct tensor *bias);
+void op_matmul(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *w,
+               const struct tensor *bias);
 /* y (F32) = x (any float dtype) * x.scale, same shape. */
 void op_convert(struct backend *be, struct tensor *y, const struct tensor *x);
 /* y = x, same shape and dtype, any strides. */
@@ -60,6 +60,13 @@ void op_affine(struct backend *be, struct tensor *y, const struct tensor *x, flo
 /* y = neg + g * (pos - neg) (classifier-free guidance, reference order). */
 void op_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
             const struct tensor *pos, float g);
+/* Whole-tensor L1 sums for feature caches (TeaCache / FBCache rel-L1):
+ * y[0] = sum |a - b|, y[1] = sum |b| over all elements, accumulated in
+ * double over a fixed partition of the rows (independent of the thread
+ * count) and stored as F32. a, b same shape, innermost contiguous, outer
+ * strides free; y [2] F32. The caller downloads y once per step. */
+void op_l1_dist(struct backend *be, struct tensor *y, const struct tensor *a,
+                const struct tensor *b);
 /* Scaled dot-product attention, blocked with an online softmax.
  * q [B, Lq, H, D], k/v [B, Lk, H, D], o [B, Lq, H, D]: all F32, innermost
  * contiguous, other strides free (q/k/v may be column blocks of a fused QKV
@@ -166,8 +173,8 @@ void op_topk_split(struct backend *be, struct tensor *perm, const struct tensor 
  * any float dtype), bias [Cout] F32 or NULL, y [B, Ho, Wo, Cout] with
  * Ho = (H + pad[0] + pad[1] - kh) / stride + 1 (pad = top, bottom, left,
  * right; zero padding), likewise Wo. */
-void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x,
-               const struct tensor *w, const struct tensor *bias, int stride, const int pad[4]);
+void op_conv2d(struct backend *be, struct tensor *y, const struct tensor *x, const struct tensor *w,
+               const struct tensor *bias, int stride, const int pad[4]);
 /* GroupNorm over x [B, H, W, C] (statistics per sample and group of C/groups
  * channels, over all pixels), affine w, b [C] F32, then SiLU when silu.
  * In place allowed. */

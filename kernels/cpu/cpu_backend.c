@@ -31,7 +31,7 @@ struct cpu_ctx {
     bool strict;
     char *region;      /* strict mode: reserved range */
     size_t region_top; /* bytes handed out so far */
-    struct sblk *blk; /* strict mode: blocks in address order, tiling [0, top) */
+    struct sblk *blk;  /* strict mode: blocks in address order, tiling [0, top) */
     size_t n_blk, cap_blk;
     int depth; /* strict mode: nesting of op_begin */
 };
@@ -223,6 +223,7 @@ static const struct backend_ops cpu_ops = {
     .mul = cpu_mul,
     .axpy = cpu_axpy,
     .lincomb = cpu_lincomb,
+    .l1_dist = cpu_l1_dist,
     .affine = cpu_affine,
     .cfg = cpu_cfg,
     .attention = cpu_attention,
@@ -287,4 +288,3 @@ fail:
     cpu_ctx_free(c);
     return rc;
 }
-

@@ -50,6 +50,8 @@ void cpu_affine(struct backend *be, struct tensor *y, const struct tensor *x, fl
                 float mul, float div, float post_add, float lo, float hi);
 void cpu_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
              const struct tensor *pos, float g);
+void cpu_l1_dist(struct backend *be, struct tensor *y, const struct tensor *a,
+                 const struct tensor *b);
 void cpu_attention(struct backend *be, struct tensor *o, const struct tensor *q,
                    const struct tensor *k, const struct tensor *v, const struct attn_params *p);
 void cpu_rope_freqs(struct backend *be, struct tensor *out, const struct tensor *ids,

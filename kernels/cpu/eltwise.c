@@ -335,8 +335,15 @@ void cpu_lincomb(struct backend *be, struct tensor *y, float a, const struct ten
 void cpu_affine(struct backend *be, struct tensor *y, const struct tensor *x, float pre_add,
                 float mul, float div, float post_add, float lo, float hi)
 {
-    struct ew_job j = {.kind = EW_AFFINE, .y = y, .a = x, .s0 = pre_add, .s1 = mul,
-                       .s2 = div, .s3 = post_add, .lo = lo, .hi = hi};
+    struct ew_job j = {.kind = EW_AFFINE,
+                       .y = y,
+                       .a = x,
+                       .s0 = pre_add,
+                       .s1 = mul,
+                       .s2 = div,
+                       .s3 = post_add,
+                       .lo = lo,
+                       .hi = hi};
     ew_run(be, &j);
 }
 
@@ -345,4 +352,47 @@ void cpu_cfg(struct backend *be, struct tensor *y, const struct tensor *neg,
 {
     struct ew_job j = {.kind = EW_CFG, .y = y, .a = neg, .b = pos, .s0 = g};
     ew_run(be, &j);
+}
+
+/* ---- L1 sums (feature-cache distances) ----
+ * A fixed number of row chunks, each summed in double by one task, then the
+ * chunk partials added in chunk order: the result does not depend on the
+ * thread count. */
+#define L1_CHUNKS 64
+
+struct l1_job {
+    const struct tensor *a, *b;
+    int64_t rows, cols;
+    double part[L1_CHUNKS][2];
+};
+
+static void l1_task(void *arg, int64_t task, int thread)
+{
+    struct l1_job *j = arg;
+    int64_t r0 = task * j->rows / L1_CHUNKS, r1 = (task + 1) * j->rows / L1_CHUNKS;
+    double d = 0, m = 0;
+    (void)thread;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *a = tensor_row_ptr(j->a, r), *b = tensor_row_ptr(j->b, r);
+        for (int64_t i = 0; i < j->cols; i++) {
+            d += fabs((double)a[i] - (double)b[i]);
+            m += fabs((double)b[i]);
+        }
+    }
+    j->part[task][0] = d;
+    j->part[task][1] = m;
+}
+
+void cpu_l1_dist(struct backend *be, struct tensor *y, const struct tensor *a,
+                 const struct tensor *b)
+{
+    struct l1_job j = {.a = a, .b = b, .rows = tensor_rows(a), .cols = tensor_cols(a)};
+    double d = 0, m = 0;
+    pool_run(cpu_pool(be), L1_CHUNKS, l1_task, &j);
+    for (int c = 0; c < L1_CHUNKS; c++) {
+        d += j.part[c][0];
+        m += j.part[c][1];
+    }
+    ((float *)y->data)[0] = (float)d;
+    ((float *)y->data)[1] = (float)m;
 }

@@ -310,6 +310,137 @@ START_TEST(canny_marks_image_border_pixels_as_edges)
 }
 END_TEST
 
+/* A filled 6x6 square of 200 on 0 (rows and columns 5..10 of 16x16). Along
+ * each side two pixels have m = 4 * 200 = 800 and NMS keeps the left or
+ * upper one: the edge is the outside column/row on the left and top sides
+ * (4) and the inside one on the right and bottom sides (10). Every edge
+ * pixel lies on the square's border (it touches a pixel of the other
+ * value), and together they form one closed 8-connected contour: one
+ * component, and no pixel with fewer than two edge neighbours (no loose
+ * ends; at three corners it cuts diagonally through the corner). */
+START_TEST(canny_filled_square_gives_edges_exactly_on_its_border)
+{
+    const int64_t H = 16, W = 16, lo = 5, hi = 10;
+    uint8_t *im = calloc((size_t)(H * W), 1);
+    for (int64_t i = lo; i <= hi; i++)
+        for (int64_t j = lo; j <= hi; j++)
+            im[i * W + j] = 200;
+    uint8_t *e = canny1(im, H, W), *want = malloc((size_t)(H * W));
+    int64_t n_edges = 0;
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t j = 0; j < W; j++) {
+            if (!e[i * W + j])
+                continue;
+            bool border = false;
+            int nb = 0;
+            for (int64_t di = -1; di <= 1; di++)
+                for (int64_t dj = -1; dj <= 1; dj++) {
+                    int64_t y = i + di, x = j + dj;
+                    if ((di || dj) && y >= 0 && y < H && x >= 0 && x < W) {
+                        border |= im[y * W + x] != im[i * W + j];
+                        nb += e[y * W + x] == 255;
+                    }
+                }
+            ck_assert_msg(border, "edge off the border at (%ld, %ld)", (long)i, (long)j);
+            ck_assert_msg(nb >= 2, "(%ld, %ld) has %d edge neighbours", (long)i, (long)j, nb);
+            n_edges++;
+        }
+    /* one component: flood from the first edge pixel */
+    uint8_t *seen = calloc((size_t)(H * W), 1);
+    int64_t *stack = malloc(sizeof(int64_t) * (size_t)(H * W)), ns = 0, reached = 0;
+    for (int64_t p = 0; p < H * W && !ns; p++)
+        if (e[p]) {
+            stack[ns++] = p;
+            seen[p] = 1;
+        }
+    while (ns > 0) {
+        int64_t p = stack[--ns], i = p / W, j = p % W;
+        reached++;
+        for (int64_t di = -1; di <= 1; di++)
+            for (int64_t dj = -1; dj <= 1; dj++) {
+                int64_t y = i + di, x = j + dj;
+                if (y >= 0 && y < H && x >= 0 && x < W && e[y * W + x] && !seen[y * W + x]) {
+                    seen[y * W + x] = 1;
+                    stack[ns++] = y * W + x;
+                }
+            }
+    }
+    ck_assert_int_eq(reached, n_edges);
+    free(seen);
+    free(stack);
+    /* the middle of each side, by hand */
+    for (int64_t k = lo + 1; k < hi; k++) {
+        ck_assert_int_eq(e[k * W + lo - 1], 255); /* left: outside */
+        ck_assert_int_eq(e[k * W + lo], 0);
+        ck_assert_int_eq(e[k * W + hi], 255); /* right: inside */
+        ck_assert_int_eq(e[k * W + hi + 1], 0);
+        ck_assert_int_eq(e[(lo - 1) * W + k], 255); /* top: outside */
+        ck_assert_int_eq(e[lo * W + k], 0);
+        ck_assert_int_eq(e[hi * W + k], 255); /* bottom: inside */
+        ck_assert_int_eq(e[(hi + 1) * W + k], 0);
+    }
+    ck_assert_int_ge(n_edges, 4 * (hi - lo - 1));
+    ref_canny(im, H, W, 100, 200, want); /* the corners, by the rules */
+    ck_assert_int_eq(memcmp(e, want, (size_t)(H * W)), 0);
+    free(want);
+    free(im);
+    free(e);
+}
+END_TEST
+
+START_TEST(canny_constant_image_has_no_edges)
+{
+    static const int64_t sizes[][2] = {{1, 1}, {3, 7}, {16, 16}, {33, 20}};
+    static const int values[] = {0, 1, 127, 128, 254, 255};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
+        for (size_t v = 0; v < sizeof values / sizeof *values; v++) {
+            int64_t H = sizes[s][0], W = sizes[s][1];
+            uint8_t *im = malloc((size_t)(H * W));
+            memset(im, values[v], (size_t)(H * W));
+            uint8_t *e = canny1(im, H, W);
+            ck_assert_msg(count_edges(e, H * W) == 0, "%ldx%ld of %d has edges", (long)H, (long)W,
+                          values[v]);
+            free(im);
+            free(e);
+        }
+}
+END_TEST
+
+/* Hysteresis: a vertical step of 60 (m = 240 > high) in rows 0..3 that goes
+ * on as a step of 40 (m = 160, between low and high) in rows 4..15. Alone
+ * the weak step gives nothing; continuing the strong one, all of it is an
+ * edge (the weak pixels are 8-connected to the strong ones, column by
+ * column), on column 4 away from the junction. */
+START_TEST(canny_weak_step_is_kept_only_where_connected_to_a_strong_one)
+{
+    const int64_t H = 16, W = 12, c = 5;
+    uint8_t *im = malloc((size_t)(H * W)), *want = malloc((size_t)(H * W));
+    for (int strong = 0; strong <= 1; strong++) {
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t j = 0; j < W; j++)
+                im[i * W + j] = (uint8_t)(j < c ? 0 : (strong && i < 4) ? 60 : 40);
+        uint8_t *e = canny1(im, H, W);
+        if (!strong) {
+            ck_assert_int_eq(count_edges(e, H * W), 0);
+            free(e);
+            continue;
+        }
+        for (int64_t i = 0; i < H; i++) {
+            if (i >= 2 && i <= 5) /* the junction: by the rules below */
+                continue;
+            for (int64_t j = 0; j < W; j++)
+                ck_assert_msg(e[i * W + j] == (j == c - 1 ? 255 : 0), "(%ld, %ld)", (long)i,
+                              (long)j);
+        }
+        ref_canny(im, H, W, 100, 200, want);
+        ck_assert_int_eq(memcmp(e, want, (size_t)(H * W)), 0);
+        free(e);
+    }
+    free(want);
+    free(im);
+}
+END_TEST
+
 START_TEST(canny_handles_one_pixel_rows_and_columns)
 {
     uint8_t row[9] = {0, 0, 0, 0, 200, 200, 200, 200, 200};
@@ -611,6 +742,9 @@ static Suite *edges_suite(void)
     tcase_add_test(tc, canny_isolated_weak_ring_is_dropped_but_survives_when_touching_a_strong_one);
     tcase_add_test(tc, canny_marks_image_border_pixels_as_edges);
     tcase_add_test(tc, canny_handles_one_pixel_rows_and_columns);
+    tcase_add_test(tc, canny_filled_square_gives_edges_exactly_on_its_border);
+    tcase_add_test(tc, canny_constant_image_has_no_edges);
+    tcase_add_test(tc, canny_weak_step_is_kept_only_where_connected_to_a_strong_one);
     tcase_add_test(tc, canny_matches_the_full_image_reference_on_noise_of_odd_sizes);
     tcase_add_test(tc, canny_hysteresis_stack_overflow_rescans_to_the_same_result);
     tcase_add_test(tc, canny_handles_a_2048_square_image_within_the_scratch);

@@ -321,8 +321,7 @@ static double act_ref(enum act_kind k, double x)
 
 START_TEST(test_op_act_matches_double_reference_for_every_kind)
 {
-    const enum act_kind kinds[] = {ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU,
-                                   ACT_RELU};
+    const enum act_kind kinds[] = {ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_QUICK_GELU, ACT_RELU};
     const char *names[] = {"silu", "gelu_tanh", "gelu_erf", "quick_gelu", "relu"};
     const int64_t R = 5, C = 301, n = R * C;
     for (int k = 0; k < 5; k++) {
@@ -411,6 +410,38 @@ START_TEST(test_op_lincomb_and_cfg_follow_reference_order)
     assert_bitwise(&y.t, ec, "cfg vs f32 order");
     assert_close(&y.t, rc, 1e-6, "cfg");
     assert_gaps_untouched(&y);
+}
+END_TEST
+
+/* ---- feature-cache distances ---- */
+
+START_TEST(test_op_l1_dist_sums_abs_diff_and_abs_ref_in_double_at_any_thread_count)
+{
+    /* Strided views, more rows than the op's fixed chunk count, and values
+     * of mixed magnitude so an f32 running sum would drift. */
+    struct tv a = tv_in(3, NE(3, 97, 45), 3, -3, 3), b = tv_in(3, NE(3, 97, 45), 5, -1, 1);
+    float *yv = fref(2), *y1v = fref(2);
+    struct tensor y = tensor_1d(yv, DTYPE_F32, 2), y1 = tensor_1d(y1v, DTYPE_F32, 2);
+    int64_t n = tensor_nelem(&a.t);
+    for (int64_t i = 0; i < n; i += 7) /* a few large entries */
+        ((float *)tensor_row_ptr(&b.t, i / 45))[i % 45] *= 1000.0f;
+    double d = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        d += fabs((double)tget(&a.t, i) - (double)tget(&b.t, i));
+        m += fabs((double)tget(&b.t, i));
+    }
+    op_l1_dist(g_be, &y, &a.t, &b.t);
+    ck_assert_msg(fabs(yv[0] - d) <= 1e-5 * d, "sum|a-b| %.9g want %.9g", (double)yv[0], d);
+    ck_assert_msg(fabs(yv[1] - m) <= 1e-5 * m, "sum|b| %.9g want %.9g", (double)yv[1], m);
+    /* identical inputs: exactly zero distance */
+    op_l1_dist(g_be, &y, &b.t, &b.t);
+    ck_assert_float_eq(yv[0], 0.0f);
+    struct backend *be1 = NULL;
+    ck_assert_int_eq(backend_new(&be1, "cpu", &(struct backend_opts){.n_threads = 1}), ERR_OK);
+    op_l1_dist(be1, &y1, &a.t, &b.t);
+    op_l1_dist(g_be, &y, &a.t, &b.t);
+    backend_free(be1);
+    ck_assert_int_eq(memcmp(yv, y1v, 2 * sizeof(float)), 0);
 }
 END_TEST
 
@@ -1030,7 +1061,8 @@ static Suite *ops_suite(void)
           test_op_gated_add_adds_gated_or_plain_residual,
           test_op_act_matches_double_reference_for_every_kind,
           test_op_add_and_mul_are_exact_elementwise, test_op_axpy_rounds_v_times_a_then_times_b,
-          test_op_lincomb_and_cfg_follow_reference_order}},
+          test_op_lincomb_and_cfg_follow_reference_order,
+          test_op_l1_dist_sums_abs_diff_and_abs_ref_in_double_at_any_thread_count}},
         {"norm",
          {test_op_layer_norm_matches_double_reference,
           test_op_rms_norm_normalises_heads_of_a_fused_qkv_view}},

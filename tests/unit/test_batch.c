@@ -242,7 +242,8 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
     struct fix f;
     struct gen_request q[4];
     struct ralu_params rp;
-    struct cache_params cp = {.method = CACHE_TEACACHE, .threshold = 0.6f};
+    struct cache_params cp;
+    cache_params_default(&cp, CACHE_TEACACHE);
     fix_open(&f, MODELS "/tiny-flux", 5);
     ck_assert_int_eq(ralu_preset("7x", RALU_FAMILY_FLUX, &rp), 0);
     const struct gen_request *r[4] = {&q[0], &q[1], &q[2], &q[3]};
@@ -274,6 +275,11 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
     four_requests(q, 3.5f, 1.0f);
     q[1].cache = &cp;
     expect_rejected(&f, r, 4, (const char *const[]){"request 1", "cache", NULL});
+    /* the same cache on every request: a cache decides per batched forward,
+     * so the requests would not match their single runs */
+    four_requests(q, 3.5f, 1.0f);
+    q[0].cache = q[1].cache = q[2].cache = q[3].cache = &cp;
+    expect_rejected(&f, r, 4, (const char *const[]){"feature cache", "cannot be batched", NULL});
     /* FLUX true CFG needs a negative prompt: all requests or none */
     four_requests(q, 3.5f, 4.0f);
     q[2].negative_prompt = NULL;
@@ -283,7 +289,7 @@ START_TEST(test_pipeline_generate_batch_rejects_key_mismatch_naming_field_and_re
 END_TEST
 
 /* Equal parameters in different memory batch together; NULL cache and
- * CACHE_NONE are the same key. Validated only: nreq 2 of n 1 runs fast. */
+ * CACHE_NONE are the same key. Small sizes: only acceptance is checked. */
 START_TEST(test_pipeline_generate_batch_accepts_equal_keys_in_different_memory)
 {
     struct fix f;
@@ -299,6 +305,17 @@ START_TEST(test_pipeline_generate_batch_accepts_equal_keys_in_different_memory)
     }
     q[1].cache = &none;
     const struct gen_request *r[2] = {&q[0], &q[1]};
+    ck_assert_msg(pipeline_generate_batch(f.p, r, 2, NULL, outs, &em) == 0, "%s", em.text);
+    gen_output_free(&outs[0]);
+    gen_output_free(&outs[1]);
+    /* RALU parameters: two copies of the same preset */
+    struct ralu_params ra, rb;
+    ck_assert_int_eq(ralu_preset("7x", RALU_FAMILY_FLUX, &ra), 0);
+    rb = ra;
+    for (int i = 0; i < 2; i++)
+        q[i].width = q[i].height = 64;
+    q[0].ralu = &ra;
+    q[1].ralu = &rb;
     ck_assert_msg(pipeline_generate_batch(f.p, r, 2, NULL, outs, &em) == 0, "%s", em.text);
     gen_output_free(&outs[0]);
     gen_output_free(&outs[1]);

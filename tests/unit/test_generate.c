@@ -201,9 +201,10 @@ static void gen(const char *model, int w, int h, const char *seed, const char *t
     snprintf(path, sizeof path, "%s/%s", g_tmp, name);
     snprintf(ws, sizeof ws, "%d", w);
     snprintf(hs, sizeof hs, "%d", h);
-    const char *args[] = {"--model", model,   "--prompt",  PROMPT,  "-o",      path,
-                          "--width", ws,      "--height",  hs,      "--steps", "2",
-                          "--seed",  seed,    "--threads", threads, "--max-seq", "32", NULL};
+    const char *args[] = {"--model", model,       "--prompt", PROMPT,     "-o",
+                          path,      "--width",   ws,         "--height", hs,
+                          "--steps", "2",         "--seed",   seed,       "--threads",
+                          threads,   "--max-seq", "32",       NULL};
     ralu(&p, g_tmp, args);
     ck_assert_msg(p.status == 0, "exit %d: %s", p.status, p.err);
     snprintf(want, sizeof want, "wrote %s\n", path);
@@ -275,16 +276,10 @@ static void png_and_determinism(const char *model)
     ck_assert_msg(!same_file("a.png", "c.png"), "seed has no effect");
 }
 
-START_TEST(test_sd3_png_valid_and_deterministic)
-{
-    png_and_determinism(MODELS "/tiny-sd3");
-}
+START_TEST(test_sd3_png_valid_and_deterministic) { png_and_determinism(MODELS "/tiny-sd3"); }
 END_TEST
 
-START_TEST(test_flux_png_valid_and_deterministic)
-{
-    png_and_determinism(MODELS "/tiny-flux");
-}
+START_TEST(test_flux_png_valid_and_deterministic) { png_and_determinism(MODELS "/tiny-flux"); }
 END_TEST
 
 /* 1 vs 2 threads: byte-identical, and the 2-thread run really split the
@@ -304,15 +299,43 @@ static void threads_identical(const char *model)
     ck_assert_msg(same_file("t1.png", "t2.png"), "1 and 2 threads give different files");
 }
 
-START_TEST(test_sd3_one_and_two_threads_identical)
-{
-    threads_identical(MODELS "/tiny-sd3");
-}
+START_TEST(test_sd3_one_and_two_threads_identical) { threads_identical(MODELS "/tiny-sd3"); }
 END_TEST
 
-START_TEST(test_flux_one_and_two_threads_identical)
+START_TEST(test_flux_one_and_two_threads_identical) { threads_identical(MODELS "/tiny-flux"); }
+END_TEST
+
+/* --cache with --ralu: the cache restarts in every stage, so with a
+ * threshold nothing reaches TeaCache computes exactly the first and last
+ * step of each stage (FLUX 4x: 5, 6, 7 steps), and the CLI says so. */
+START_TEST(test_flux_ralu_cache_prints_hits_per_stage)
 {
-    threads_identical(MODELS "/tiny-flux");
+    struct proc p;
+    char out[1200];
+    snprintf(out, sizeof out, "%s/c.png", g_tmp);
+    const char *args[] = {"--model",
+                          MODELS "/tiny-flux",
+                          "--prompt",
+                          "a cat",
+                          "-o",
+                          out,
+                          "--width",
+                          "128",
+                          "--height",
+                          "128",
+                          "--ralu",
+                          "4x",
+                          "--cache",
+                          "teacache",
+                          "--cache-threshold",
+                          "1e9",
+                          NULL};
+    ralu(&p, g_tmp, args);
+    ck_assert_msg(p.status == 0, "exit %d: %s", p.status, p.err);
+    ck_assert_msg(strstr(p.out, "cache teacache: stage1 3 hits / 2 computed, stage2 4 hits / 2 "
+                                "computed, stage3 5 hits / 2 computed\n") != NULL,
+                  "stdout: %s", p.out);
+    ck_assert_int_eq(access(out, F_OK), 0);
 }
 END_TEST
 
@@ -354,9 +377,26 @@ START_TEST(test_width_not_multiple_of_16)
 {
     char out[1200];
     snprintf(out, sizeof out, "%s/bad.png", g_tmp);
-    const char *args[] = {"--model", MODELS "/tiny-sd3", "--prompt", "x", "-o", out,
-                          "--width", "100", "--height", "64", NULL};
+    const char *args[] = {"--model", MODELS "/tiny-sd3", "--prompt", "x", "-o", out, "--width",
+                          "100",     "--height",         "64",       NULL};
     bad_run(args, 2, "ralu generate: --width and --height must be multiples of 16, got 100x64");
+}
+END_TEST
+
+START_TEST(test_cache_options_need_a_method)
+{
+    char out[1200];
+    snprintf(out, sizeof out, "%s/bad.png", g_tmp);
+    const char *a1[] = {"--model", MODELS "/tiny-sd3",  "--prompt", "x", "-o",
+                        out,       "--cache-threshold", "0.2",      NULL};
+    bad_run(a1, 2, "ralu generate: --cache-* options need --cache METHOD");
+    const char *a2[] = {"--model", MODELS "/tiny-sd3", "--prompt", "x", "-o",
+                        out,       "--cache",          "tea",      NULL};
+    bad_run(a2, 2,
+            "ralu generate: --cache must be teacache, fbcache, taylorseer or none, got \"tea\"");
+    const char *a3[] = {"--model", MODELS "/tiny-sd3", "--prompt",         "x", "-o", out,
+                        "--cache", "taylorseer",       "--cache-interval", "0", NULL};
+    bad_run(a3, 2, "ralu generate: cache: interval must be 1..1000");
 }
 END_TEST
 
@@ -374,8 +414,8 @@ START_TEST(test_broken_model_folder)
     fclose(f);
     free(idx);
     snprintf(out, sizeof out, "%s/bad.png", g_tmp);
-    const char *args[] = {"--model", dir, "--prompt", "x", "-o", out, "--width", "64",
-                          "--height", "64", NULL};
+    const char *args[] = {"--model", dir,  "--prompt", "x",  "-o", out,
+                          "--width", "64", "--height", "64", NULL};
     snprintf(msg, sizeof msg,
              "ralu generate: %s: component \"tokenizer\" is missing (model_index.json or its "
              "folder)",
@@ -408,8 +448,10 @@ static Suite *generate_suite(void)
     tcase_add_test(ok, test_flux_png_valid_and_deterministic);
     tcase_add_test(ok, test_sd3_one_and_two_threads_identical);
     tcase_add_test(ok, test_flux_one_and_two_threads_identical);
+    tcase_add_test(ok, test_flux_ralu_cache_prints_hits_per_stage);
     tcase_add_test(bad, test_missing_model_option);
     tcase_add_test(bad, test_width_not_multiple_of_16);
+    tcase_add_test(bad, test_cache_options_need_a_method);
     tcase_add_test(bad, test_broken_model_folder);
     tcase_add_test(bad, test_not_a_model_folder);
     suite_add_tcase(s, ok);

@@ -168,20 +168,26 @@ START_TEST(test_ralu_schedule_stage_endpoints_are_exact)
 END_TEST
 
 /* The L4 / L7 golden pipelines run the presets' doubles: same s, a, b and
- * the same f32 timesteps, bit for bit. */
-START_TEST(test_ralu_schedule_of_4x_and_7x_matches_golden_pipeline_cases)
+ * the same f32 timesteps, bit for bit. So do the SD3 L2 / L3 cases of
+ * tools/ref_sd3_ralu.py with the SD3 2x / 3x presets. */
+START_TEST(test_ralu_schedule_of_presets_matches_golden_pipeline_cases)
 {
     static const struct {
-        const char *preset, *dir;
-    } g[] = {{"4x", "ralu_pipeline_L4_256x256"}, {"7x", "ralu_pipeline_L7_192x320"}};
-    for (size_t i = 0; i < 2; i++) {
+        const char *preset;
+        enum ralu_family fam;
+        const char *dir;
+    } g[] = {{"4x", RALU_FAMILY_FLUX, "ralu_pipeline_L4_256x256"},
+             {"7x", RALU_FAMILY_FLUX, "ralu_pipeline_L7_192x320"},
+             {"2x", RALU_FAMILY_SD3, "sd3_ralu_pipeline_L2_128x128"},
+             {"3x", RALU_FAMILY_SD3, "sd3_ralu_pipeline_L3_96x160"}};
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
         char path[512];
         json_error_t je;
         struct ralu_params p;
         struct ralu_schedule s;
         struct st_file *st;
         struct err_msg em = {{0}};
-        ck_assert_int_eq(ralu_preset(g[i].preset, RALU_FAMILY_FLUX, &p), ERR_OK);
+        ck_assert_int_eq(ralu_preset(g[i].preset, g[i].fam, &p), ERR_OK);
         ck_assert_int_eq(ralu_schedule(&p, &s), ERR_OK);
         snprintf(path, sizeof path, CASES "%s/case.json", g[i].dir);
         json_t *cj = json_load_file(path, 0, &je);
@@ -340,7 +346,7 @@ static Suite *ralu_sched_suite(void)
     tcase_add_test(tc, test_ralu_preset_values_are_the_published_ones);
     tcase_add_test(tc, test_ralu_preset_lookup_checks_name_and_family);
     tcase_add_test(tc, test_ralu_schedule_stage_endpoints_are_exact);
-    tcase_add_test(tc, test_ralu_schedule_of_4x_and_7x_matches_golden_pipeline_cases);
+    tcase_add_test(tc, test_ralu_schedule_of_presets_matches_golden_pipeline_cases);
     tcase_add_test(tc, test_ralu_schedule_rejects_bad_params);
     tcase_add_test(tc, test_ralu_ntdm_jsd_at_initial_guess_matches_reference);
     tcase_add_test(tc, test_ralu_ntdm_optimise_is_deterministic_and_reaches_reference_jsd);

@@ -3,7 +3,8 @@
  * supports and compare against the reference at the case's tolerance.
  *
  * One line per case: PASS/FAIL/SKIP, the kind, the worst relative error
- * (max|ours - ref| / max|ref|) and the tolerance. With --single-file SDIR,
+ * (max|ours - ref| / max|ref|), the tolerance and how many reference tensors
+ * were compared; --verbose adds one line per compared tensor. With --single-file SDIR,
  * transformer cases run a second time on the single-file conversion
  * SDIR/<model>.safetensors (the case name gets a "@single-file" suffix). */
 #define LOG_MODULE "cli.check"
@@ -63,27 +64,82 @@ int cv_download(struct backend *be, const struct tensor *dev, float **host)
     return ERR_OK;
 }
 
-void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
-                    const struct tensor *ref)
+/* Fold one comparison into r's log under the reference name: name without
+ * a trailing "[i]" slice index. */
+void cv_log(struct cv_result *r, const char *name, double maxd, double lim, int64_t flips)
 {
-    int64_t n = tensor_nelem(ref);
-    const float *rv = ref->data;
+    char base[sizeof r->t[0].name];
+    snprintf(base, sizeof base, "%s", name);
+    char *br = strchr(base, '[');
+    if (br)
+        *br = 0;
+    struct cv_tensor_log *e = (struct cv_tensor_log *)cv_logged(r, base);
+    if (!e) {
+        if (r->n_t >= CV_MAX_TENSORS) {
+            r->n_t++;
+            return;
+        }
+        e = &r->t[r->n_t++];
+        snprintf(e->name, sizeof e->name, "%s", base);
+        e->maxd = 0;
+        e->lim = lim;
+        e->flips = 0;
+    }
+    e->n++;
+    e->flips += flips;
+    if (!(maxd <= e->maxd))
+        e->maxd = maxd;
+    e->lim = fmin(e->lim, lim);
+}
+
+const struct cv_tensor_log *cv_logged(const struct cv_result *r, const char *name)
+{
+    int n = r->n_t < CV_MAX_TENSORS ? r->n_t : CV_MAX_TENSORS;
+    for (int i = 0; i < n; i++)
+        if (strcmp(r->t[i].name, name) == 0)
+            return &r->t[i];
+    return NULL;
+}
+
+static void fold(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                 const float *rv, int64_t n, bool exact)
+{
     double maxd = 0, maxr = 0;
+    int64_t ndiff = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = fabs((double)ours[i] - rv[i]);
         if (!(d <= maxd)) /* NaN counts as a failure */
             maxd = isnan(d) ? INFINITY : d;
+        ndiff += !(d == 0);
         maxr = fmax(maxr, fabs(rv[i]));
     }
     double rel = maxr > 0 ? maxd / maxr : maxd;
     if (rel > r->worst_rel || isnan(rel))
         r->worst_rel = rel;
-    if (!(maxd <= c->atol + c->rtol * maxr)) {
+    double lim = exact ? 0 : c->atol + c->rtol * maxr;
+    cv_log(r, name, maxd, lim, 0);
+    if (!(maxd <= lim)) {
         r->fail = true;
         size_t k = strlen(r->note);
-        snprintf(r->note + k, sizeof r->note - k, "%s%s max|d|=%.3g > %.3g", k ? "; " : "", name,
-                 maxd, c->atol + c->rtol * maxr);
+        if (exact)
+            snprintf(r->note + k, sizeof r->note - k, "%s%s differs at %lld of %lld (max|d|=%.3g)",
+                     k ? "; " : "", name, (long long)ndiff, (long long)n, maxd);
+        else
+            snprintf(r->note + k, sizeof r->note - k, "%s%s max|d|=%.3g > %.3g", k ? "; " : "",
+                     name, maxd, lim);
     }
+}
+
+void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                const struct tensor *ref)
+{
+    fold(c, r, name, ours, ref->data, tensor_nelem(ref), false);
+}
+
+void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name,
+                      const float *ours, const float *ref, int64_t n)
+{
+    fold(c, r, name, ours, ref, n, true);
 }
 
 /* ---------------------------------------------------------------- kinds */
@@ -100,6 +156,7 @@ static const struct {
     {"sd3_pipeline", cv_run_pipeline, false},
     {"flux_pipeline", cv_run_pipeline, false},
     {"ralu_pipeline", cv_run_pipeline, false},
+    {"sd3_ralu_pipeline", cv_run_pipeline, false},
     {"scheduler_step", cv_run_scheduler_step, false},
     {"clip_text_encoder", cv_run_clip_text_encoder, false},
     {"t5_encoder", cv_run_t5_encoder, false},
@@ -143,6 +200,21 @@ static void tally(struct cv_summary *s, const char *kind, int outcome)
     }
 }
 
+/* --verbose: one line per compared reference tensor. */
+static void print_log(FILE *out, const struct cv_result *r)
+{
+    for (int i = 0; i < r->n_t && i < CV_MAX_TENSORS; i++) {
+        const struct cv_tensor_log *e = &r->t[i];
+        fprintf(out, "      %-30s x%-3d max|d|=%-10.3g %s %.3g", e->name, e->n, e->maxd,
+                e->lim == 0 ? "exact," : "<=", e->lim);
+        if (e->flips)
+            fprintf(out, " (%lld one-level flips the upstream explains)", (long long)e->flips);
+        fprintf(out, "\n");
+    }
+    if (r->n_t > CV_MAX_TENSORS)
+        fprintf(out, "      ... %d more\n", r->n_t - CV_MAX_TENSORS);
+}
+
 static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, FILE *out)
 {
     struct cv_result r = {0};
@@ -164,8 +236,14 @@ static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, F
                 em.text[0] ? em.text : err_str(rc));
         tally(s, c->kind, 1);
     } else {
-        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s\n", r.fail ? "FAIL" : "PASS",
-                label, c->kind, r.worst_rel, c->atol, c->rtol, r.note[0] ? " " : "", r.note);
+        char nt[32] = ""; /* runners that log their comparisons (cv_log) */
+        if (r.n_t)
+            snprintf(nt, sizeof nt, " [%d tensors]", r.n_t);
+        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s%s\n",
+                r.fail ? "FAIL" : "PASS", label, c->kind, r.worst_rel, c->atol, c->rtol, nt,
+                r.note[0] ? " " : "", r.note);
+        if (x->o->verbose)
+            print_log(out, &r);
         tally(s, c->kind, r.fail ? 1 : 0);
     }
     fflush(out);
@@ -306,13 +384,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: ralu check-vectors DIR [--threads N] [--bf16] [--strict]\n"
-            "                             [--single-file SDIR] [--filter SUBSTR]\n"
+            "                             [--single-file SDIR] [--filter SUBSTR] [--verbose]\n"
             "  DIR             a test-vector tree (DIR/cases/<case>/case.json, DIR/models/...)\n"
             "  --threads N     CPU threads (default 1)\n"
             "  --bf16          bf16-compute matmuls (the cases' fp32 tolerances still apply)\n"
             "  --strict        activation memory is PROT_NONE outside backend ops\n"
             "  --single-file S also run transformer cases on S/<model>.safetensors\n"
-            "  --filter SUB    only cases whose name contains SUB\n");
+            "  --filter SUB    only cases whose name contains SUB\n"
+            "  --verbose       list each compared tensor: comparisons, max|d|, limit\n");
 }
 
 int cli_check_vectors(int argc, char **argv)
@@ -336,6 +415,8 @@ int cli_check_vectors(int argc, char **argv)
             o.strict = true;
         } else if (strcmp(a, "--single-file") == 0 && i + 1 < argc) {
             o.single_dir = argv[++i];
+        } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+            o.verbose = true;
         } else if (strcmp(a, "--filter") == 0 && i + 1 < argc) {
             o.filter = argv[++i];
         } else if (a[0] == '-' || o.dir) {

@@ -40,10 +40,24 @@ struct cv_case {
     bool single_file;
 };
 
+#define CV_MAX_TENSORS 64
+
+/* One compared reference tensor: slices of a stacked tensor (step latents)
+ * and repeated checks of the same reference fold into one entry. */
+struct cv_tensor_log {
+    char name[48]; /* the reference tensor's name */
+    int n;         /* comparisons folded in */
+    double maxd;   /* max |ours - ref| over them */
+    double lim;    /* allowed max|d|: 0 for exact tensors */
+    int64_t flips; /* uint8 values off by one level that the upstream explains */
+};
+
 struct cv_result {
     double worst_rel;  /* max over outputs of max|d| / max|ref| */
     bool fail;
     char note[512];
+    int n_t;           /* entries of t (beyond CV_MAX_TENSORS: counted only) */
+    struct cv_tensor_log t[CV_MAX_TENSORS];
 };
 
 /* A case tensor that must exist and be F32. */
@@ -54,6 +68,14 @@ int cv_upload(struct backend *be, const float *host, int ndim, const int64_t *ne
 /* Compare ours (host, same element count as ref) with ref and fold into r. */
 void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
                 const struct tensor *ref);
+/* Exact comparison (integer-valued tensors: indices, ids, u8 images,
+ * timesteps): any difference fails; logged as name with lim 0. */
+void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name,
+                      const float *ours, const float *ref, int64_t n);
+/* Fold a comparison made by the caller into r's log (no pass/fail). */
+void cv_log(struct cv_result *r, const char *name, double maxd, double lim, int64_t flips);
+/* The entry for reference tensor name, or NULL when nothing compared it. */
+const struct cv_tensor_log *cv_logged(const struct cv_result *r, const char *name);
 /* Download a backend F32 tensor (contiguous) into a malloc'd host buffer. */
 int cv_download(struct backend *be, const struct tensor *dev, float **host);
 

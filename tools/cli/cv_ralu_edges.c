@@ -44,6 +44,7 @@ static long exact(struct cv_result *r, const char *name, const float *ours, cons
         maxr = fmax(maxr, fabs(ref[i]));
     }
     if (fail) {
+        cv_log(r, name, maxd, 0, 0);
         double rel = maxr > 0 ? maxd / maxr : maxd;
         if (!(rel <= r->worst_rel))
             r->worst_rel = rel;

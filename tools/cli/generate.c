@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/clock.h"
+#include "engine/cache.h"
 #include "engine/image.h"
 #include "engine/pipeline.h"
 #include "engine/ralu_sched.h"
@@ -36,7 +37,18 @@ static void usage(FILE *f)
             "                       SD3 2x, 3x; or custom with --ralu-N, --ralu-e, --ralu-r\n"
             "  --ralu-N n1,n2,n3    custom RALU: steps per stage (h and Z from the NT-DM\n"
             "  --ralu-e e1,e2       optimiser), stage ends in (0, 1), upsampling ratio\n"
-            "  --ralu-r r\n");
+            "  --ralu-r r\n"
+            "  --cache METHOD       temporal feature cache: teacache, fbcache, taylorseer or\n"
+            "                       none (default); with --ralu it restarts in every stage\n"
+            "  --cache-threshold T  TeaCache rel_l1_thresh (0.6) / FBCache residual diff\n"
+            "                       (0.08); 0 computes every step\n"
+            "  --cache-warmup N     FBCache warmup steps (0) / TaylorSeer first_enhance (3)\n"
+            "  --cache-interval N   TaylorSeer: a full step every N steps (6)\n"
+            "  --cache-order N      TaylorSeer: max_order of the forecast (1)\n"
+            "  --cache-max-skip N   TeaCache: force a compute after N skips in a row (0 = off)\n"
+            "  --cache-coeffs a,b,c,d,e  TeaCache rescale polynomial, highest degree first\n"
+            "                       (default FLUX's published one; SD3 has none: plain rel-L1;\n"
+            "                       see tools/fit_teacache.py)\n");
 }
 
 static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out)
@@ -79,22 +91,27 @@ static int progress(void *ctx, const char *stage, int step, int total)
 int cli_generate(int argc, char **argv)
 {
     const char *model = NULL, *outp = NULL;
-    struct gen_request r = {.width = 0, .height = 0, .steps = 28, .n = 1, .guidance = NAN,
-                            .true_cfg = 1.0f};
+    struct gen_request r = {
+        .width = 0, .height = 0, .steps = 28, .n = 1, .guidance = NAN, .true_cfg = 1.0f};
     struct pipeline_opts po = {0};
     struct backend_opts bo = {.n_threads = 2};
     const char *ralu = NULL, *ralu_n = NULL, *ralu_e = NULL, *ralu_r = NULL;
+    const char *cache_method = NULL, *cache_coeffs = NULL;
+    float cache_thr = NAN;
+    long long cache_int[4] = {-1, -1, -1, -1}; /* warmup, interval, order, max_skip */
+    static const char *const cache_int_opts[4] = {"--cache-warmup", "--cache-interval",
+                                                  "--cache-order", "--cache-max-skip"};
     long long v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED()                                                                   \
-    do {                                                                         \
-        if (!val) {                                                              \
-            fprintf(stderr, "ralu generate: %s needs a value\n", a);             \
-            return 2;                                                            \
-        }                                                                        \
-        i++;                                                                     \
+#define NEED()                                                       \
+    do {                                                             \
+        if (!val) {                                                  \
+            fprintf(stderr, "ralu generate: %s needs a value\n", a); \
+            return 2;                                                \
+        }                                                            \
+        i++;                                                         \
     } while (0)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
@@ -159,6 +176,24 @@ int cli_generate(int argc, char **argv)
         } else if (!strcmp(a, "--ralu-r")) {
             NEED();
             ralu_r = val;
+        } else if (!strcmp(a, "--cache")) {
+            NEED();
+            cache_method = val;
+        } else if (!strcmp(a, "--cache-threshold")) {
+            NEED();
+            if (parse_float(a, val, &cache_thr))
+                return 2;
+        } else if (!strcmp(a, "--cache-coeffs")) {
+            NEED();
+            cache_coeffs = val;
+        } else if (!strcmp(a, cache_int_opts[0]) || !strcmp(a, cache_int_opts[1]) ||
+                   !strcmp(a, cache_int_opts[2]) || !strcmp(a, cache_int_opts[3])) {
+            NEED();
+            if (parse_int(a, val, 0, 1000, &v))
+                return 2;
+            for (int k = 0; k < 4; k++)
+                if (!strcmp(a, cache_int_opts[k]))
+                    cache_int[k] = v;
         } else if (!strcmp(a, "--no-t5")) {
             po.no_t5 = true;
         } else if (!strcmp(a, "--bf16")) {
@@ -173,6 +208,47 @@ int cli_generate(int argc, char **argv)
     if (!model || !r.prompt || !outp) {
         fprintf(stderr, "ralu generate: --model, --prompt and -o are required\n");
         usage(stderr);
+        return 2;
+    }
+    struct cache_params cp;
+    if (cache_method) {
+        enum cache_method cm;
+        if (cache_method_parse(cache_method, &cm)) {
+            fprintf(stderr,
+                    "ralu generate: --cache must be teacache, fbcache, taylorseer or none, "
+                    "got \"%s\"\n",
+                    cache_method);
+            return 2;
+        }
+        cache_params_default(&cp, cm);
+        if (!isnan(cache_thr))
+            cp.threshold = cache_thr;
+        if (cache_int[0] >= 0)
+            cp.warmup = (int)cache_int[0];
+        if (cache_int[1] >= 0)
+            cp.interval = (int)cache_int[1];
+        if (cache_int[2] >= 0)
+            cp.order = (int)cache_int[2];
+        if (cache_int[3] >= 0)
+            cp.max_skip = (int)cache_int[3];
+        if (cache_coeffs) {
+            double *k = cp.coeffs;
+            if (sscanf(cache_coeffs, "%lf,%lf,%lf,%lf,%lf", &k[0], &k[1], &k[2], &k[3], &k[4]) !=
+                5) {
+                fprintf(stderr, "ralu generate: --cache-coeffs needs 5 comma-separated numbers\n");
+                return 2;
+            }
+            cp.n_coeffs = 5;
+        }
+        struct err_msg cem = {{0}};
+        if (cache_params_check(&cp, &cem)) {
+            fprintf(stderr, "ralu generate: %s\n", cem.text);
+            return 2;
+        }
+        r.cache = &cp;
+    } else if (!isnan(cache_thr) || cache_coeffs || cache_int[0] >= 0 || cache_int[1] >= 0 ||
+               cache_int[2] >= 0 || cache_int[3] >= 0) {
+        fprintf(stderr, "ralu generate: --cache-* options need --cache METHOD\n");
         return 2;
     }
     if (r.width % 16 || r.height % 16) { /* before any model is read */
@@ -207,8 +283,7 @@ int cli_generate(int argc, char **argv)
     if (ralu_n || ralu_e || ralu_r) {
         int N[3];
         double e[3] = {0, 0, 1}, rr = 0;
-        if (!ralu_n || !ralu_e || !ralu_r ||
-            sscanf(ralu_n, "%d,%d,%d", &N[0], &N[1], &N[2]) != 3 ||
+        if (!ralu_n || !ralu_e || !ralu_r || sscanf(ralu_n, "%d,%d,%d", &N[0], &N[1], &N[2]) != 3 ||
             sscanf(ralu_e, "%lf,%lf", &e[0], &e[1]) != 2 || sscanf(ralu_r, "%lf", &rr) != 1) {
             fprintf(stderr, "ralu generate: custom RALU needs --ralu-N n1,n2,n3 --ralu-e e1,e2 "
                             "--ralu-r r\n");
@@ -265,14 +340,11 @@ int cli_generate(int argc, char **argv)
         snprintf(steps, sizeof steps, "%d", r.steps);
         snprintf(guid, sizeof guid, "%g", r.guidance);
         snprintf(size, sizeof size, "%dx%d", out.width, out.height);
-        struct image_text txt[] = {{"prompt", r.prompt},
-                                   {"negative_prompt", r.negative_prompt ? r.negative_prompt : ""},
-                                   {"seed", seed},
-                                   {"steps", steps},
-                                   {"guidance", guid},
-                                   {"size", size},
-                                   {"model", model},
-                                   {"software", "ralu"}};
+        struct image_text txt[] = {
+            {"prompt", r.prompt}, {"negative_prompt", r.negative_prompt ? r.negative_prompt : ""},
+            {"seed", seed},       {"steps", steps},
+            {"guidance", guid},   {"size", size},
+            {"model", model},     {"software", "ralu"}};
         double t0 = clock_sec();
         image_to_u8(out.rgb + (size_t)i * out.width * out.height * 3, out.width, out.height, rgb);
         rc = image_png_write(path, rgb, out.width, out.height, txt, 8, &em);
@@ -298,6 +370,15 @@ int cli_generate(int argc, char **argv)
                out.t.canny_ms, out.t.renoise_ms);
     printf("transformer: %d forwards, %.3g GFLOP; vae %.3g GFLOP\n", out.nfe, out.flops * 1e-9,
            out.vae_flops * 1e-9);
+    if (r.cache && r.cache->method != CACHE_NONE) {
+        printf("cache %s:", cache_method_name(r.cache->method));
+        for (int s = 0; s < (r.ralu ? 3 : 1); s++) {
+            if (r.ralu)
+                printf("%s stage%d", s ? "," : "", s + 1);
+            printf(" %d hits / %d computed", out.cache_hits[s], out.cache_computed[s]);
+        }
+        printf("\n");
+    }
     int64_t work[64];
     int nt = backend_thread_work(be, work, 64);
     if (nt > 0) {
