@@ -241,28 +241,11 @@ static const struct cache_param taylorseer_params[] = {{"interval", CF_INTERVAL,
                                                        {NULL, 0, false, 0, 0}};
 static const struct cache_param none_params[] = {{NULL, 0, false, 0, 0}};
 
-/* Defaults per method (engine/cache.h, shared/spec/caching.md): TeaCache
- * rel_l1_thresh 0.6 without a skip limit, FBCache residual threshold 0.08,
- * TaylorSeer first-order with a full step every 6 after 3 warm-up steps. */
+/* Defaults per method come from the engine (cache_params_default), so the
+ * request and the engine cannot disagree on them. */
 static void cache_defaults(struct cache_params *c, enum cache_method m)
 {
-    memset(c, 0, sizeof *c);
-    c->method = m;
-    switch (m) {
-    case CACHE_TEACACHE:
-        c->threshold = 0.6f;
-        break;
-    case CACHE_FBCACHE:
-        c->threshold = 0.08f;
-        break;
-    case CACHE_TAYLORSEER:
-        c->interval = 6;
-        c->order = 1;
-        c->warmup = 3;
-        break;
-    case CACHE_NONE:
-        break;
-    }
+    cache_params_default(c, m);
 }
 
 static int parse_cache(const json_t *v, struct api_gen_params *p, struct api_field_error *err)

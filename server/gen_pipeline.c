@@ -246,21 +246,6 @@ static json_t *json_int_array(const int *v, int n)
     return a;
 }
 
-static const char *cache_method_name(enum cache_method m)
-{
-    switch (m) {
-    case CACHE_TEACACHE:
-        return "teacache";
-    case CACHE_FBCACHE:
-        return "fbcache";
-    case CACHE_TAYLORSEER:
-        return "taylorseer";
-    case CACHE_NONE:
-        break;
-    }
-    return "none";
-}
-
 /* The JSON GenerateResponse (openapi.yaml); borrows everything. NULL on OOM. */
 static char *json_body(const struct job *job, const struct api_gen_params *p,
                        const struct gen_request *r, const struct gen_output *o, uint8_t **pngs,

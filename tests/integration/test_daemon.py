@@ -1270,17 +1270,34 @@ def check_model_sd3_ralu(d):
 
 
 def check_model_cache(d):
-    for cache in ({"method": "teacache", "params": {"threshold": 0.3, "max_skip": 1}},
+    hits_before = metric_value(d, "ralud_cache_hits_total")
+    total_hits = 0
+    for cache in ({"method": "teacache", "params": {"threshold": 0.6, "max_skip": 2}},
                   {"method": "fbcache"},
-                  {"method": "taylorseer", "params": {"interval": 2, "order": 1, "warmup": 1}}):
+                  {"method": "taylorseer", "params": {"interval": 2, "order": 1, "warmup": 1}},
+                  {"method": "none"}):
         status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "width": 64,
-                                                           "height": 64, "steps": 4,
+                                                           "height": 64, "steps": 8, "seed": 4,
                                                            "cache": cache})
-        expect(status == 200 and doc["cache"]["method"] == cache["method"], "cache served",
-               status, doc.get("cache"))
-        hits = doc["cache"]["hits"][0]
-        expect(0 <= hits <= 4 and doc["nfe"] + hits >= 4, "hits within steps", doc["cache"],
-               doc["nfe"])
+        c = doc.get("cache", {})
+        expect(status == 200 and c["method"] == cache["method"], "cache served", status, c)
+        expect(c["hits"][0] + c["computed"][0] == 8 or cache["method"] == "none",
+               "every step is a hit or computed", c)
+        total_hits += c["hits"][0]
+        if cache["method"] == "taylorseer":  # a full step every 2 after 1 warm-up step
+            expect(c["hits"][0] >= 3, "TaylorSeer forecasts", c)
+        if cache["method"] == "none":
+            expect(c["hits"] == [0], "no cache, no hits", c)
+    expect(metric_value(d, "ralud_cache_hits_total") - hits_before == total_hits,
+           "cache hits counted", total_hits)
+    # With RALU: one entry per stage.
+    status, _, doc = d.json("POST", "/generate", body={
+        "prompt": "p", "width": 64, "height": 64, "ralu": "4x", "seed": 4,
+        "cache": {"method": "taylorseer", "params": {"interval": 2}}})
+    c = doc["cache"]
+    expect(status == 200 and len(c["hits"]) == 3 and
+           [h + k for h, k in zip(c["hits"], c["computed"])] == doc["ralu"]["N"],
+           "per-stage cache report", c, doc.get("ralu"))
 
 
 def check_model_openai(d):
