@@ -57,8 +57,10 @@ def run(binary, args):
         f["edge_decode"], f["canny"], f["renoise"] = (float(m.group(i)) for i in (4, 5, 6))
     m = re.search(r"transformer: (\d+) forwards, ([0-9.e+]+) GFLOP; vae ([0-9.e+]+) GFLOP", text)
     f["nfe"], f["dit_gflop"], f["vae_gflop"] = int(m.group(1)), float(m.group(2)), float(m.group(3))
-    m = re.search(r"cache hits: (.*)", text)
-    f["cache"] = m.group(1).strip() if m else ""
+    # "cache teacache: stage1 3 hits / 2 computed, stage2 ..." -> "3/5, ..." (hits / steps)
+    m = re.search(r"^cache [a-z]+:(.*)$", text, re.M)
+    f["cache"] = ", ".join(f"{h}/{int(h) + int(c)}" for h, c in
+                           re.findall(r"(\d+) hits / (\d+) computed", m.group(1))) if m else ""
     return f
 
 
@@ -106,7 +108,7 @@ def ralu_bench(a):
           "dimensions. Speed-up = baseline total / config total (same run). FLOP ratio = baseline "
           "FLOPs / config FLOPs, transformer only and with the VAE decodes (Canny's integer work, "
           "~30 ops/pixel, is below 1e-5 of either and not counted).\n")
-    print("| size | img tokens | config | NFE | cache hits | total s | denoise s | stage1/2/3 s | "
+    print("| size | img tokens | config | NFE | cache hits/steps per stage | total s | denoise s | stage1/2/3 s | "
           "edge dec + canny + renoise s | VAE s | DiT TFLOP | +VAE TFLOP | speed-up | "
           "FLOP ratio (DiT) | FLOP ratio (DiT+VAE) | speed-up / ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

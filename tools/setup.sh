@@ -5,7 +5,8 @@
 #                                       (no args: the tiny test FLUX model on 127.0.0.1:8080)
 #   tools/setup.sh test                 install deps; build + ctest Release (build/); build an
 #                                       ASan+UBSan Debug tree (build-asan/) and run its unit and
-#                                       kernels tests; fuzz smoke (tests/fuzz/run.sh) if clang exists
+#                                       kernels tests; fuzz smoke (tests/fuzz/run.sh) if clang exists;
+#                                       clang-format check (tools/check_format.sh)
 #   tools/setup.sh deps                 install missing Debian packages only
 #   tools/setup.sh build                install deps, build Release in build/
 #
@@ -31,7 +32,7 @@ ASAN_DIR=build-asan
 PACKAGES_REQUIRED=(build-essential cmake pkg-config check libsubunit-dev libjansson-dev
                    libuv1-dev libmicrohttpd-dev libpng-dev curl python3 python3-jsonschema
                    python3-yaml)
-PACKAGES_OPTIONAL=(clang libclang-rt-14-dev)
+PACKAGES_OPTIONAL=(clang libclang-rt-14-dev clang-format)
 
 START=$SECONDS
 
@@ -223,6 +224,18 @@ cmd_test() {
             N_FAILED=$((N_FAILED + 1))
             record "fuzz smoke" FAIL "exit $rc"
         fi
+    fi
+
+    # 4. Formatting: every tracked C file as clang-format writes it.
+    if ! command -v clang-format >/dev/null; then
+        N_SKIPPED=$((N_SKIPPED + 1))
+        record "clang-format" skip "clang-format not installed"
+    elif bash tools/check_format.sh; then
+        N_PASSED=$((N_PASSED + 1))
+        record "clang-format" ok ""
+    else
+        N_FAILED=$((N_FAILED + 1))
+        record "clang-format" FAIL "run tools/check_format.sh --fix"
     fi
 
     local verdict=PASS
