@@ -2,6 +2,8 @@
 #
 # The ralud CUDA image: built in NVIDIA's CUDA devel image, run in the matching CUDA runtime
 # image as a non-root user (uid 10001). CPU-only machines use tools/setup.sh instead.
+# The CUDA backend (kernels/cuda/) is not written yet: until it is, the ralud in this image runs
+# on the CPU backend, and the CUDA toolchain and runtime are here for when it lands.
 #
 #   docker build -t ralud .
 #   docker run --gpus all -p 8080:8080 -v /srv/models:/models:ro ralud

@@ -9,18 +9,18 @@
 
 #include <stddef.h>
 
-#define ERR_MAP(X)                                                         \
-    X(OK, 0, "ok")                                                         \
-    X(INVAL, -1, "invalid argument")                                       \
-    X(NOMEM, -2, "out of memory")                                          \
-    X(IO, -3, "i/o error")                                                 \
-    X(FORMAT, -4, "malformed file")                                        \
-    X(NOTFOUND, -5, "not found")                                           \
-    X(UNSUPPORTED, -6, "unsupported")                                      \
-    X(MISMATCH, -7, "shape or dtype mismatch")                             \
-    X(CANCELLED, -8, "cancelled")                                          \
-    X(BUSY, -9, "busy")                                                    \
-    X(DEVICE, -10, "device error")                                         \
+#define ERR_MAP(X)                             \
+    X(OK, 0, "ok")                             \
+    X(INVAL, -1, "invalid argument")           \
+    X(NOMEM, -2, "out of memory")              \
+    X(IO, -3, "i/o error")                     \
+    X(FORMAT, -4, "malformed file")            \
+    X(NOTFOUND, -5, "not found")               \
+    X(UNSUPPORTED, -6, "unsupported")          \
+    X(MISMATCH, -7, "shape or dtype mismatch") \
+    X(CANCELLED, -8, "cancelled")              \
+    X(BUSY, -9, "busy")                        \
+    X(DEVICE, -10, "device error")             \
     X(INTERNAL, -11, "internal error")
 
 enum err_code {

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 int log_level_current = LOG_LVL_INFO;
-static log_sink_fn sink_fn;   /* set once at start-up, before threads */
+static log_sink_fn sink_fn; /* set once at start-up, before threads */
 static void *sink_ctx;
 
 static const char *const level_names[] = {"ERROR", "WARN ", "INFO ", "DEBUG"};
@@ -34,8 +34,8 @@ void log_emit(enum log_level lvl, const char *module, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %s %s  ",
-                          ts.tv_nsec / 1000000, level_names[lvl], module);
+    n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ %s %s  ", ts.tv_nsec / 1000000,
+                          level_names[lvl], module);
     if (n < sizeof line) {
         va_start(ap, fmt);
         int k = vsnprintf(line + n, sizeof line - n, fmt, ap);

@@ -22,10 +22,10 @@ void log_emit(enum log_level lvl, const char *module, const char *fmt, ...)
 #define LOG_MODULE "ralud"
 #endif
 
-#define LOG_AT_(lvl, ...)                                   \
-    do {                                                    \
-        if ((int)(lvl) <= log_level_current)                \
-            log_emit((lvl), LOG_MODULE, __VA_ARGS__);       \
+#define LOG_AT_(lvl, ...)                             \
+    do {                                              \
+        if ((int)(lvl) <= log_level_current)          \
+            log_emit((lvl), LOG_MODULE, __VA_ARGS__); \
     } while (0)
 #define LOG_ERROR(...) LOG_AT_(LOG_LVL_ERROR, __VA_ARGS__)
 #define LOG_WARN(...) LOG_AT_(LOG_LVL_WARN, __VA_ARGS__)
@@ -34,10 +34,10 @@ void log_emit(enum log_level lvl, const char *module, const char *fmt, ...)
 
 /* Programmer errors only: logs expression/file/line and aborts. Never use it
  * on input, I/O or device errors. */
-#define RALUD_ASSERT(cond)                                                    \
-    do {                                                                      \
-        if (!(cond))                                                          \
-            log_assert_fail(#cond, __FILE__, __LINE__);                       \
+#define RALUD_ASSERT(cond)                              \
+    do {                                                \
+        if (!(cond))                                    \
+            log_assert_fail(#cond, __FILE__, __LINE__); \
     } while (0)
 _Noreturn void log_assert_fail(const char *expr, const char *file, int line);
 

@@ -68,7 +68,7 @@ static const struct option options[] = {
     INT(workers, 1, 64, 0, "1", "RALUD_WORKERS", "N", "generation worker threads"),
     INT(threads, 1, 1024, 0, "2", "RALUD_THREADS", "N", "CPU threads per worker"),
     INT(queue_depth, 1, 65536, 0, "16", "RALUD_QUEUE_DEPTH", "N",
-        "jobs that may wait for a worker; more get 503 + Retry-After"),
+        "jobs that may wait for a worker; more get 429 + Retry-After"),
     INT(max_body_bytes, 1024, 1073741824, 0, "1048576", "RALUD_MAX_BODY_BYTES", "BYTES",
         "largest request body; larger ones get 413"),
     INT(max_width, 64, 8192, 16, "1024", "RALUD_MAX_WIDTH", "PX",
@@ -85,7 +85,16 @@ static const struct option options[] = {
     INT(drain_timeout_s, 0, 3600, 0, "30", "RALUD_DRAIN_TIMEOUT_S", "S",
         "on SIGTERM/SIGINT, wait this long for in-flight jobs before cancelling them"),
     INT(job_ttl_s, 1, 604800, 0, "600", "RALUD_JOB_TTL_S", "S",
-        "how long finished async jobs are kept (reserved: no jobs API in this build)"),
+        "how long finished async jobs (/v1/jobs) are kept; afterwards they answer 410"),
+    INT(job_store_bytes, 0, 68719476736, 0, "268435456", "RALUD_JOB_STORE_BYTES", "BYTES",
+        "memory budget for finished async jobs' results; the oldest go first (410) past it"),
+    INT(batch_max, 1, 64, 0, "4", "RALUD_BATCH_MAX", "N",
+        "concurrent requests with the same key (size, steps, guidance, RALU; never with a cache) "
+        "run as one "
+        "batched pipeline call of up to N requests; 1 = no batching"),
+    INT(batch_wait_ms, 0, 10000, 0, "0", "RALUD_BATCH_WAIT_MS", "MS",
+        "how long a worker waits for more same-key requests before starting a batch; 0 = "
+        "batch only what is already queued"),
     INT(idle_timeout_s, 1, 3600, 0, "60", "RALUD_IDLE_TIMEOUT_S", "S",
         "close connections idle for this long"),
     INT(retry_after_s, 1, 3600, 0, "5", "RALUD_RETRY_AFTER_S", "S",

@@ -46,9 +46,12 @@ struct config {
     char *auth_token;        /* secret; "" = no authentication */
     bool auth_metrics;       /* /metrics also requires the token */
     int64_t drain_timeout_s; /* SIGTERM: wait this long for in-flight jobs */
-    int64_t job_ttl_s;       /* reserved for the async jobs API */
+    int64_t job_ttl_s;       /* finished async jobs are kept this long */
+    int64_t job_store_bytes; /* budget for finished async jobs' results */
+    int64_t batch_max;       /* requests per batched pipeline call; 1 = off */
+    int64_t batch_wait_ms;   /* wait this long for same-key requests to join */
     int64_t idle_timeout_s;  /* idle keep-alive connections are closed after this */
-    int64_t retry_after_s;   /* Retry-After sent with 503 queue-full */
+    int64_t retry_after_s;   /* Retry-After sent with 429 queue full and 503 loading */
     char *log_level;         /* error | warn | info | debug */
     char *config_file;       /* the file that was read, or NULL; not an option */
     enum config_source source[CONFIG_MAX_OPTIONS]; /* per option, in table order */

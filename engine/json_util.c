@@ -63,8 +63,7 @@ int ju_bool(const json_t *o, const char *key, bool def, bool *out, const char *f
     return ERR_OK;
 }
 
-int ju_str(const json_t *o, const char *key, const char **out, const char *file,
-           struct err_msg *em)
+int ju_str(const json_t *o, const char *key, const char **out, const char *file, struct err_msg *em)
 {
     json_t *v = json_object_get(o, key);
     *out = NULL;

@@ -56,8 +56,8 @@ done:
 
 double schedule_mu(const struct schedule_config *c, int seq)
 {
-    double m = (c->max_shift - c->base_shift) /
-               (double)(c->max_image_seq_len - c->base_image_seq_len);
+    double m =
+        (c->max_shift - c->base_shift) / (double)(c->max_image_seq_len - c->base_image_seq_len);
     double b = c->base_shift - m * c->base_image_seq_len;
     return (double)seq * m + b;
 }

@@ -20,7 +20,7 @@ struct schedule_config {
     int num_train_timesteps; /* 1000 */
     double shift;            /* static shift (SD3: 3.0) */
     bool use_dynamic_shifting;
-    double base_shift, max_shift; /* 0.5, 1.15 */
+    double base_shift, max_shift;              /* 0.5, 1.15 */
     int base_image_seq_len, max_image_seq_len; /* 256, 4096 */
 };
 
@@ -28,8 +28,8 @@ struct schedule_config {
 
 struct schedule {
     int n;
-    float sigmas[SCHEDULE_MAX_STEPS + 1];  /* n values, then 0 */
-    float timesteps[SCHEDULE_MAX_STEPS];   /* sigma * 1000 in f32 */
+    float sigmas[SCHEDULE_MAX_STEPS + 1]; /* n values, then 0 */
+    float timesteps[SCHEDULE_MAX_STEPS];  /* sigma * 1000 in f32 */
 };
 
 /* Defaults of the diffusers class; then the keys of scheduler_config.json. */

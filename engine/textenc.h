@@ -32,18 +32,18 @@
 /* ------------------------------------------------------------------ CLIP */
 
 struct te_clip_config {
-    int hidden;          /* hidden_size */
-    int layers;          /* num_hidden_layers */
-    int heads;           /* num_attention_heads */
-    int head_dim;        /* hidden / heads */
-    int intermediate;    /* intermediate_size */
-    int max_positions;   /* max_position_embeddings (77) */
-    int vocab;           /* vocab_size */
-    int projection_dim;  /* text_projection rows (WithProjection) */
-    int eos_token_id;    /* 2 selects the legacy argmax(input_ids) pooling rule */
-    float eps;           /* layer_norm_eps */
-    enum act_kind act;   /* hidden_act: quick_gelu, gelu (erf), gelu_new, relu */
-    bool projection;     /* architectures[0] == CLIPTextModelWithProjection */
+    int hidden;         /* hidden_size */
+    int layers;         /* num_hidden_layers */
+    int heads;          /* num_attention_heads */
+    int head_dim;       /* hidden / heads */
+    int intermediate;   /* intermediate_size */
+    int max_positions;  /* max_position_embeddings (77) */
+    int vocab;          /* vocab_size */
+    int projection_dim; /* text_projection rows (WithProjection) */
+    int eos_token_id;   /* 2 selects the legacy argmax(input_ids) pooling rule */
+    float eps;          /* layer_norm_eps */
+    enum act_kind act;  /* hidden_act: quick_gelu, gelu (erf), gelu_new, relu */
+    bool projection;    /* architectures[0] == CLIPTextModelWithProjection */
 };
 
 /* Fill cfg from a transformers CLIP text config.json (a CLIPConfig's
@@ -90,7 +90,7 @@ int te_clip_encode(struct te_clip *m, struct te_clip_work *w, const int32_t *ids
 
 struct te_t5_config {
     int d_model;
-    int d_kv;          /* per-head width; inner = heads * d_kv */
+    int d_kv; /* per-head width; inner = heads * d_kv */
     int d_ff;
     int layers;        /* num_layers (encoder) */
     int heads;         /* num_heads */

@@ -84,8 +84,8 @@ static struct tensor row_view(const struct tensor *t, int64_t r0, int64_t n)
     return tensor_slice(t, 0, r0, n);
 }
 
-int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows,
-                  struct tensor *out, struct err_msg *em)
+int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows, struct tensor *out,
+                  struct err_msg *em)
 {
     struct tensor t;
     int rc;
@@ -96,9 +96,9 @@ int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows,
         if (nrows < 0)
             nrows = t.ne[0] - row0;
         if (row0 < 0 || row0 + nrows > t.ne[0])
-            return err_set(em, ERR_MISMATCH, "%s: tensor \"%s\" has %lld rows, need rows [%lld, %lld)",
-                           w->where, name, (long long)t.ne[0], (long long)row0,
-                           (long long)(row0 + nrows));
+            return err_set(em, ERR_MISMATCH,
+                           "%s: tensor \"%s\" has %lld rows, need rows [%lld, %lld)", w->where,
+                           name, (long long)t.ne[0], (long long)row0, (long long)(row0 + nrows));
         *out = row_view(&t, row0, nrows);
         return ERR_OK;
     }
@@ -115,10 +115,11 @@ int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows,
                            w->prefix, segs[i].src, name);
         int64_t len = segs[i].nrows < 0 ? t.ne[0] - segs[i].src_row0 : segs[i].nrows;
         if (segs[i].src_row0 < 0 || segs[i].src_row0 + len > t.ne[0])
-            return err_set(em, ERR_MISMATCH,
-                           "%s: tensor \"%s%s\" has %lld rows, the map needs rows [%lld, %lld) for \"%s\"",
-                           w->where, w->prefix, segs[i].src, (long long)t.ne[0],
-                           (long long)segs[i].src_row0, (long long)(segs[i].src_row0 + len), name);
+            return err_set(
+                em, ERR_MISMATCH,
+                "%s: tensor \"%s%s\" has %lld rows, the map needs rows [%lld, %lld) for \"%s\"",
+                w->where, w->prefix, segs[i].src, (long long)t.ne[0], (long long)segs[i].src_row0,
+                (long long)(segs[i].src_row0 + len), name);
         if (nseg == 1 && nrows < 0) {
             *out = row_view(&t, segs[i].src_row0, len);
             return ERR_OK;

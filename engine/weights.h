@@ -46,8 +46,8 @@ void wsrc_close(struct wsrc *w);
 /* Whole tensor by diffusers name. ERR_NOTFOUND names it in em. */
 int wsrc_get(struct wsrc *w, const char *name, struct tensor *out, struct err_msg *em);
 /* Rows [row0, row0+nrows) of a diffusers tensor; must lie in one segment. */
-int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows,
-                  struct tensor *out, struct err_msg *em);
+int wsrc_get_rows(struct wsrc *w, const char *name, int64_t row0, int64_t nrows, struct tensor *out,
+                  struct err_msg *em);
 bool wsrc_has(struct wsrc *w, const char *name);
 /* Where the weights come from (dir or file), for messages. */
 const char *wsrc_where(const struct wsrc *w);

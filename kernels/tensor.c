@@ -12,12 +12,12 @@ static const struct {
     size_t size;
     bool is_float;
 } dtype_info[DTYPE_COUNT] = {
-    [DTYPE_F32] = {"F32", 4, true},      [DTYPE_F16] = {"F16", 2, true},
-    [DTYPE_BF16] = {"BF16", 2, true},    [DTYPE_F8_E4M3] = {"F8_E4M3", 1, true},
+    [DTYPE_F32] = {"F32", 4, true},         [DTYPE_F16] = {"F16", 2, true},
+    [DTYPE_BF16] = {"BF16", 2, true},       [DTYPE_F8_E4M3] = {"F8_E4M3", 1, true},
     [DTYPE_F8_E5M2] = {"F8_E5M2", 1, true}, [DTYPE_I64] = {"I64", 8, false},
-    [DTYPE_I32] = {"I32", 4, false},     [DTYPE_U8] = {"U8", 1, false},
-    [DTYPE_F64] = {"F64", 8, true},      [DTYPE_I16] = {"I16", 2, false},
-    [DTYPE_I8] = {"I8", 1, false},       [DTYPE_BOOL] = {"BOOL", 1, false},
+    [DTYPE_I32] = {"I32", 4, false},        [DTYPE_U8] = {"U8", 1, false},
+    [DTYPE_F64] = {"F64", 8, true},         [DTYPE_I16] = {"I16", 2, false},
+    [DTYPE_I8] = {"I8", 1, false},          [DTYPE_BOOL] = {"BOOL", 1, false},
 };
 
 size_t dtype_size(enum dtype t) { return (unsigned)t < DTYPE_COUNT ? dtype_info[t].size : 0; }
@@ -207,13 +207,9 @@ float fp8_e4m3_to_f32(uint8_t v)
     return s ? -r : r;
 }
 
-float fp8_e5m2_to_f32(uint8_t v)
-{
-    return fp16_to_f32((uint16_t)((uint16_t)v << 8));
-}
+float fp8_e5m2_to_f32(uint8_t v) { return fp16_to_f32((uint16_t)((uint16_t)v << 8)); }
 
-static uint8_t f32_to_fp8_generic(float f, int ebits, int mbits, int bias, float maxv,
-                                  bool has_inf)
+static uint8_t f32_to_fp8_generic(float f, int ebits, int mbits, int bias, float maxv, bool has_inf)
 {
     uint8_t sign = signbit(f) ? 0x80 : 0;
     float a = fabsf(f);

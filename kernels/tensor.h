@@ -44,7 +44,7 @@ struct tensor {
 };
 
 size_t dtype_size(enum dtype t);
-const char *dtype_name(enum dtype t);       /* "F32", "BF16", ... (safetensors spelling) */
+const char *dtype_name(enum dtype t);                /* "F32", "BF16", ... (safetensors spelling) */
 int dtype_from_name(const char *s, enum dtype *out); /* 0 or ERR_UNSUPPORTED */
 bool dtype_is_float(enum dtype t);
 
@@ -53,8 +53,7 @@ struct tensor tensor_make(void *data, enum dtype t, int ndim, const int64_t *ne)
 struct tensor tensor_1d(void *data, enum dtype t, int64_t n0);
 struct tensor tensor_2d(void *data, enum dtype t, int64_t n0, int64_t n1);
 struct tensor tensor_3d(void *data, enum dtype t, int64_t n0, int64_t n1, int64_t n2);
-struct tensor tensor_4d(void *data, enum dtype t, int64_t n0, int64_t n1, int64_t n2,
-                        int64_t n3);
+struct tensor tensor_4d(void *data, enum dtype t, int64_t n0, int64_t n1, int64_t n2, int64_t n3);
 
 int64_t tensor_nelem(const struct tensor *t);
 bool tensor_is_contiguous(const struct tensor *t);

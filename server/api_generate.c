@@ -1,9 +1,10 @@
 /* server/api_generate.c - POST /generate and /v1/generate.
  *
  * Validates the request body against the contract in openapi.yaml and the
- * configured limits, answers 422 for valid features the back end cannot
- * serve, picks the response format (JSON or the PNG itself), then hands a
- * job to the workers and suspends the request until the job is back. Which
+ * configured limits (RALU presets also against the loaded model's family),
+ * picks the response format (JSON or the PNG itself), then hands a job to
+ * the workers and suspends the request until the job is back; a full queue
+ * answers 429 with Retry-After. Which
  * code runs the job is decided by the build (server/gen.h); without a model
  * a valid request gets an honest 503. */
 #define LOG_MODULE "server.api"
@@ -25,10 +26,19 @@
 #define PROMPT_MAX_BYTES 16384
 #define SEED_MAX ((int64_t)9007199254740991LL) /* 2^53 - 1: exact in a JSON double */
 
-/* Named RALU settings (shared/spec/ralu.md 3.2). Whether a preset suits the
- * loaded model is the pipeline's call; here only the name is checked. */
-static const char *const ralu_presets[] = {"flux-4x", "flux-5x", "flux-7x",
-                                           "sd3-2x",  "sd3-3x",  NULL};
+/* Named RALU settings (shared/spec/ralu.md 3.2): FLUX 4x, 5x, 7x; SD3 2x,
+ * 3x. A name may carry its family ("flux-4x"); either way the preset must
+ * belong to the loaded model's family (api_generate_check_model). */
+static const struct {
+    const char *name; /* canonical */
+    const char *bare;
+    enum api_family fam;
+} ralu_presets[] = {
+    {"flux-4x", "4x", API_FAMILY_FLUX}, {"flux-5x", "5x", API_FAMILY_FLUX},
+    {"flux-7x", "7x", API_FAMILY_FLUX}, {"sd3-2x", "2x", API_FAMILY_SD3},
+    {"sd3-3x", "3x", API_FAMILY_SD3},
+};
+#define N_RALU_PRESETS (sizeof ralu_presets / sizeof ralu_presets[0])
 
 /* ---- validation helpers: each returns ERR_INVAL with err filled ---- */
 
@@ -133,14 +143,16 @@ static int parse_ralu(const json_t *v, const struct config *cfg, struct api_gen_
             p->ralu_on = false;
             return ERR_OK;
         }
-        for (const char *const *name = ralu_presets; *name; name++)
-            if (strcmp(s, *name) == 0) {
+        for (size_t i = 0; i < N_RALU_PRESETS; i++)
+            if (strcmp(s, ralu_presets[i].name) == 0 || strcmp(s, ralu_presets[i].bare) == 0) {
                 p->ralu_on = true;
-                snprintf(p->ralu_preset, sizeof p->ralu_preset, "%s", s);
+                p->ralu_family = ralu_presets[i].fam;
+                snprintf(p->ralu_preset, sizeof p->ralu_preset, "%s", ralu_presets[i].name);
                 return ERR_OK;
             }
         return fail(err, "ralu",
-                    "ralu preset must be one of off, flux-4x, flux-5x, flux-7x, sd3-2x, sd3-3x");
+                    "ralu must be off or a preset: 4x, 5x, 7x (FLUX), 2x, 3x (SD3), optionally "
+                    "prefixed flux- or sd3-");
     }
     if (!json_is_object(v))
         return fail(err, "ralu", "ralu must be a preset name or an object {N, e, r}, got %s",
@@ -206,22 +218,35 @@ static int parse_ralu(const json_t *v, const struct config *cfg, struct api_gen_
 
 /* ---- cache ---- */
 
+/* Parameters each method accepts, with bounds. */
+enum cache_field { CF_THRESHOLD, CF_WARMUP, CF_INTERVAL, CF_ORDER, CF_MAX_SKIP };
+
 struct cache_param {
     const char *name;
+    enum cache_field field;
     bool integer;
     double lo, hi;
-    bool lo_open;
 };
 
-static const struct cache_param teacache_params[] = {{"rel_l1_thresh", false, 0.0, 10.0, true},
-                                                     {NULL, false, 0, 0, false}};
-static const struct cache_param fbcache_params[] = {{"threshold", false, 0.0, 1.0, true},
-                                                    {"warmup", true, 0, 1000, false},
-                                                    {NULL, false, 0, 0, false}};
-static const struct cache_param taylorseer_params[] = {{"interval", true, 1, 100, false},
-                                                       {"order", true, 0, 4, false},
-                                                       {"warmup", true, 0, 1000, false},
-                                                       {NULL, false, 0, 0, false}};
+static const struct cache_param teacache_params[] = {{"threshold", CF_THRESHOLD, false, 0, 10},
+                                                     {"warmup", CF_WARMUP, true, 0, 1000},
+                                                     {"max_skip", CF_MAX_SKIP, true, 0, 1000},
+                                                     {NULL, 0, false, 0, 0}};
+static const struct cache_param fbcache_params[] = {{"threshold", CF_THRESHOLD, false, 0, 1},
+                                                    {"warmup", CF_WARMUP, true, 0, 1000},
+                                                    {NULL, 0, false, 0, 0}};
+static const struct cache_param taylorseer_params[] = {{"interval", CF_INTERVAL, true, 1, 100},
+                                                       {"order", CF_ORDER, true, 0, 4},
+                                                       {"warmup", CF_WARMUP, true, 0, 1000},
+                                                       {NULL, 0, false, 0, 0}};
+static const struct cache_param none_params[] = {{NULL, 0, false, 0, 0}};
+
+/* Defaults per method come from the engine (cache_params_default), so the
+ * request and the engine cannot disagree on them. */
+static void cache_defaults(struct cache_params *c, enum cache_method m)
+{
+    cache_params_default(c, m);
+}
 
 static int parse_cache(const json_t *v, struct api_gen_params *p, struct api_field_error *err)
 {
@@ -246,50 +271,68 @@ static int parse_cache(const json_t *v, struct api_gen_params *p, struct api_fie
         return rc;
 
     const struct cache_param *table;
+    enum cache_method method;
     if (!strcmp(m, "teacache")) {
-        p->cache = API_CACHE_TEACACHE;
+        method = CACHE_TEACACHE;
         table = teacache_params;
     } else if (!strcmp(m, "fbcache")) {
-        p->cache = API_CACHE_FBCACHE;
+        method = CACHE_FBCACHE;
         table = fbcache_params;
     } else if (!strcmp(m, "taylorseer")) {
-        p->cache = API_CACHE_TAYLORSEER;
+        method = CACHE_TAYLORSEER;
         table = taylorseer_params;
+    } else if (!strcmp(m, "none")) {
+        method = CACHE_NONE;
+        table = none_params;
     } else {
         return fail(err, "cache.method",
-                    "cache.method must be one of teacache, fbcache, taylorseer");
+                    "cache.method must be one of teacache, fbcache, taylorseer, none");
     }
+    struct cache_params c;
+    cache_defaults(&c, method);
 
     const json_t *jp = json_object_get(v, "params");
-    if (!jp)
-        return ERR_OK;
-    if (!json_is_object(jp))
-        return fail(err, "cache.params", "cache.params must be an object, got %s", json_noun(jp));
-    json_object_foreach((json_t *)jp, key, jv)
-    {
-        char field[80];
-        snprintf(field, sizeof field, "cache.params.%.40s", key);
-        const struct cache_param *cp = table;
-        while (cp->name && strcmp(cp->name, key) != 0)
-            cp++;
-        if (!cp->name)
-            return fail(err, field, "unknown parameter %s for cache method %s", field, m);
-        if (cp->integer) {
-            int64_t x;
-            if ((rc = get_int(jv, field, (int64_t)cp->lo, (int64_t)cp->hi, &x, err)) != ERR_OK)
-                return rc;
-            if (!strcmp(key, "interval"))
-                p->cache_interval = (int)x;
-            else if (!strcmp(key, "order"))
-                p->cache_order = (int)x;
+    if (jp) {
+        if (!json_is_object(jp))
+            return fail(err, "cache.params", "cache.params must be an object, got %s",
+                        json_noun(jp));
+        json_object_foreach((json_t *)jp, key, jv)
+        {
+            char field[80];
+            snprintf(field, sizeof field, "cache.params.%.40s", key);
+            const struct cache_param *cp = table;
+            while (cp->name && strcmp(cp->name, key) != 0)
+                cp++;
+            if (!cp->name)
+                return fail(err, field, "unknown parameter %s for cache method %s", field, m);
+            int64_t x = 0;
+            double d = 0;
+            if (cp->integer)
+                rc = get_int(jv, field, (int64_t)cp->lo, (int64_t)cp->hi, &x, err);
             else
-                p->cache_warmup = (int)x;
-        } else {
-            if ((rc = get_num(jv, field, cp->lo, cp->lo_open, cp->hi, &p->cache_threshold, err)) !=
-                ERR_OK)
+                rc = get_num(jv, field, cp->lo, false, cp->hi, &d, err);
+            if (rc != ERR_OK)
                 return rc;
+            switch (cp->field) {
+            case CF_THRESHOLD:
+                c.threshold = (float)d;
+                break;
+            case CF_WARMUP:
+                c.warmup = (int)x;
+                break;
+            case CF_INTERVAL:
+                c.interval = (int)x;
+                break;
+            case CF_ORDER:
+                c.order = (int)x;
+                break;
+            case CF_MAX_SKIP:
+                c.max_skip = (int)x;
+                break;
+            }
         }
     }
+    p->cache = c;
     return ERR_OK;
 }
 
@@ -340,6 +383,7 @@ static int parse_object(const json_t *root, const struct config *cfg, struct api
         if ((rc = get_int(v, "steps", 1, cfg->max_steps, &x, err)) != ERR_OK)
             return rc;
         p->steps = (int)x;
+        p->steps_set = true;
     }
     if ((v = json_object_get(root, "n"))) {
         if ((rc = get_int(v, "n", 1, cfg->max_n, &x, err)) != ERR_OK)
@@ -361,6 +405,18 @@ static int parse_object(const json_t *root, const struct config *cfg, struct api
         return rc;
     if ((v = json_object_get(root, "cache")) && (rc = parse_cache(v, p, err)) != ERR_OK)
         return rc;
+    if (p->ralu_on) {
+        /* The half-resolution stage halves the token grid (16-pixel patches). */
+        if (p->steps_set)
+            return fail(err, "steps",
+                        "steps cannot be combined with ralu: the steps per stage come from "
+                        "ralu.N or the preset");
+        if (p->width % 32)
+            return fail(err, "width", "width must be a multiple of 32 with ralu, got %d", p->width);
+        if (p->height % 32)
+            return fail(err, "height", "height must be a multiple of 32 with ralu, got %d",
+                        p->height);
+    }
     if ((v = json_object_get(root, "response_format"))) {
         if ((rc = get_str(v, "response_format", 16, &s, err)) != ERR_OK)
             return rc;
@@ -382,39 +438,63 @@ static int dim_default(int64_t max)
     return (int)(max < 1024 ? max : 1024); /* max is a multiple of 16 (config) */
 }
 
-int api_generate_parse(const char *body, size_t len, const struct config *cfg,
-                       struct api_gen_params *out, struct api_field_error *err)
+static void params_defaults(struct api_gen_params *p, const struct config *cfg)
 {
-    struct api_gen_params p = {0};
-    json_error_t jerr;
+    memset(p, 0, sizeof *p);
+    p->width = dim_default(cfg->max_width);
+    p->height = dim_default(cfg->max_height);
+    p->steps = (int)(cfg->max_steps < 28 ? cfg->max_steps : 28);
+    p->n = 1;
+    cache_defaults(&p->cache, CACHE_NONE);
+}
+
+int api_generate_parse_json(const void *jroot, const struct config *cfg, struct api_gen_params *out,
+                            struct api_field_error *err)
+{
+    const json_t *root = jroot;
+    struct api_gen_params p;
     int rc;
 
     err->field[0] = '\0';
     err->message[0] = '\0';
-    p.width = dim_default(cfg->max_width);
-    p.height = dim_default(cfg->max_height);
-    p.steps = (int)(cfg->max_steps < 28 ? cfg->max_steps : 28);
-    p.n = 1;
-    p.cache_threshold = -1;
-    p.cache_order = -1;
-    p.cache_warmup = -1;
-
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return fail(err, "", "body is not valid JSON: %s (line %d, column %d)", jerr.text,
-                    jerr.line, jerr.column);
-    if (!json_is_object(root)) {
-        rc = fail(err, "", "body must be a JSON object, got %s", json_noun(root));
-        goto out;
-    }
+    params_defaults(&p, cfg);
+    if (!json_is_object(root))
+        return fail(err, "", "body must be a JSON object, got %s", json_noun(root));
     rc = parse_object(root, cfg, &p, err);
-out:
-    json_decref(root);
     if (rc != ERR_OK) {
         api_gen_params_fini(&p);
         return rc;
     }
     *out = p;
+    return ERR_OK;
+}
+
+int api_generate_parse(const char *body, size_t len, const struct config *cfg,
+                       struct api_gen_params *out, struct api_field_error *err)
+{
+    json_error_t jerr;
+
+    err->field[0] = '\0';
+    err->message[0] = '\0';
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return fail(err, "", "body is not valid JSON: %s (line %d, column %d)", jerr.text,
+                    jerr.line, jerr.column);
+    int rc = api_generate_parse_json(root, cfg, out, err);
+    json_decref(root);
+    return rc;
+}
+
+int api_generate_check_model(const struct api_ctx *api, const struct api_gen_params *p,
+                             struct api_field_error *err)
+{
+    enum api_family fam = (enum api_family)atomic_load(&((struct api_ctx *)api)->family);
+    if (p->ralu_on && p->ralu_preset[0] && fam != API_FAMILY_UNKNOWN && p->ralu_family != fam)
+        return fail(err, "ralu",
+                    "RALU preset %s is for %s models; the loaded model is %s (presets: %s)",
+                    p->ralu_preset, p->ralu_family == API_FAMILY_FLUX ? "FLUX" : "SD3",
+                    fam == API_FAMILY_FLUX ? "FLUX" : "SD3",
+                    fam == API_FAMILY_FLUX ? "4x, 5x, 7x" : "2x, 3x");
     return ERR_OK;
 }
 
@@ -473,68 +553,111 @@ static bool accept_prefers_png(const char *accept)
     return false;
 }
 
-/* 422 for a valid request the back end cannot serve; false when it can. */
-static bool reject_unsupported(const struct api_ctx *api, const struct api_gen_params *p,
-                               struct http_resp *resp)
+int api_submit(struct api_ctx *api, const struct http_req *req, struct api_gen_params *p,
+               struct job **out, struct http_resp *resp)
 {
-    if (p->ralu_on && !api->ralu_ok) {
-        http_resp_error(resp, 422, "unsupported", "ralu",
-                        "RALU is not available in this build yet: send ralu \"off\" or omit it");
-        return true;
+    struct api_field_error fe;
+
+    if (api_generate_check_model(api, p, &fe) != ERR_OK) {
+        api_gen_params_fini(p);
+        http_resp_error(resp, 400, "invalid_argument", fe.field, "%s", fe.message);
+        return ERR_INVAL;
     }
-    if (p->cache != API_CACHE_NONE && !api->cache_ok) {
-        http_resp_error(resp, 422, "unsupported", "cache",
-                        "feature caching is not available in this build yet: omit cache");
-        return true;
+    enum api_state st = api_get_state(api);
+    if (st == API_NO_BACKEND || (st == API_READY && !api->workers)) {
+        api_gen_params_fini(p);
+        http_resp_error(resp, 503, "unavailable", NULL, API_NO_MODEL_MESSAGE);
+        return ERR_UNSUPPORTED;
     }
-    return false;
+    if (st != API_READY) {
+        api_gen_params_fini(p);
+        http_resp_error(resp, 503, "unavailable", NULL,
+                        st == API_DRAINING ? "the server is shutting down"
+                                           : "the model is still loading");
+        http_resp_header(resp, "Retry-After", "%lld", (long long)api->cfg->retry_after_s);
+        return ERR_BUSY;
+    }
+    struct api_gen_params *hp = xmalloc(sizeof *hp);
+    *hp = *p;
+    struct job *job = job_new(api->next_job_id++, hp, api_gen_params_free);
+    snprintf(job->request_id, sizeof job->request_id, "%s", req->request_id);
+    job->wake = api->wake;
+    job->wake_ctx = api->wake_ctx;
+    if (workers_submit(api->workers, job) != ERR_OK) {
+        job_free(job);
+        /* 429, not 503: the server is healthy, this client should slow down. */
+        http_resp_error(resp, 429, "queue_full", NULL,
+                        "the job queue is full (%lld waiting); retry later",
+                        (long long)api->cfg->queue_depth);
+        http_resp_header(resp, "Retry-After", "%lld", (long long)api->cfg->retry_after_s);
+        return ERR_BUSY;
+    }
+    *out = job;
+    return ERR_OK;
 }
 
 int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct http_resp *resp)
 {
     struct api_gen_params p;
     struct api_field_error fe;
+    struct job *job;
 
     if (api_generate_parse(req->body, req->body_len, api->cfg, &p, &fe) != ERR_OK) {
         http_resp_error(resp, 400, "invalid_argument", fe.field[0] ? fe.field : NULL, "%s",
                         fe.message);
         return ROUTE_DONE;
     }
-    if (reject_unsupported(api, &p, resp)) {
-        api_gen_params_fini(&p);
-        return ROUTE_DONE;
-    }
-    enum api_state st = api_get_state(api);
-    if (st == API_NO_BACKEND || (st == API_READY && !api->workers)) {
-        api_gen_params_fini(&p);
-        http_resp_error(resp, 503, "unavailable", NULL, API_NO_MODEL_MESSAGE);
-        return ROUTE_DONE;
-    }
-    if (st != API_READY) {
-        api_gen_params_fini(&p);
-        http_resp_error(resp, 503, "unavailable", NULL,
-                        st == API_DRAINING ? "the server is shutting down"
-                                           : "the model is still loading");
-        http_resp_header(resp, "Retry-After", "%lld", (long long)api->cfg->retry_after_s);
-        return ROUTE_DONE;
-    }
     if (p.format == API_FORMAT_DEFAULT)
         p.format = p.n == 1 && accept_prefers_png(http_req_header(req, "Accept")) ? API_FORMAT_PNG
                                                                                   : API_FORMAT_JSON;
-
-    struct api_gen_params *hp = xmalloc(sizeof *hp);
-    *hp = p;
-    struct job *job = job_new(api->next_job_id++, hp, api_gen_params_free);
-    snprintf(job->request_id, sizeof job->request_id, "%s", req->request_id);
-    if (workers_submit(api->workers, job) != ERR_OK) {
-        job_free(job);
-        http_resp_error(resp, 503, "queue_full", NULL,
-                        "the job queue is full (%lld waiting); retry later",
-                        (long long)api->cfg->queue_depth);
-        http_resp_header(resp, "Retry-After", "%lld", (long long)api->cfg->retry_after_s);
+    if (api_submit(api, req, &p, &job, resp) != ERR_OK)
         return ROUTE_DONE;
-    }
     resp->job = job;
     resp->finish = generate_finish;
     return ROUTE_PENDING;
+}
+
+/* ---- batching ---- */
+
+int api_batch_images(const struct config *cfg)
+{
+    return (int)(cfg->max_n > cfg->batch_max ? cfg->max_n : cfg->batch_max);
+}
+
+/* The batch key of pipeline_generate_batch (engine/pipeline.h): everything
+ * but the prompts, n and the seed (requests with a cache never batch).
+ * Guidance is compared as sent (an absent guidance only matches an absent
+ * one). */
+static bool same_key(const struct api_gen_params *a, const struct api_gen_params *b)
+{
+    if (a->width != b->width || a->height != b->height || a->guidance_set != b->guidance_set ||
+        (a->guidance_set && a->guidance != b->guidance) || a->ralu_on != b->ralu_on)
+        return false;
+    if (a->ralu_on) {
+        if (strcmp(a->ralu_preset, b->ralu_preset) != 0)
+            return false;
+        if (!a->ralu_preset[0] &&
+            (memcmp(a->ralu_N, b->ralu_N, sizeof a->ralu_N) != 0 || a->ralu_e[0] != b->ralu_e[0] ||
+             a->ralu_e[1] != b->ralu_e[1] || a->ralu_r != b->ralu_r))
+            return false;
+    } else if (a->steps != b->steps) {
+        return false;
+    }
+    const struct cache_params *x = &a->cache, *y = &b->cache;
+    return x->method == y->method && x->threshold == y->threshold && x->warmup == y->warmup &&
+           x->interval == y->interval && x->order == y->order && x->max_skip == y->max_skip;
+}
+
+bool api_batch_ok(void *ctx, struct job *const *batch, int n, const struct job *cand)
+{
+    const struct api_ctx *api = ctx;
+    const struct api_gen_params *c = cand->payload;
+    /* A feature cache decides per batched forward, so requests that use one
+     * run alone to stay bit-identical with a single run (engine/cache.h). */
+    if (c->cache.method != CACHE_NONE)
+        return false;
+    int images = c->n;
+    for (int i = 0; i < n; i++)
+        images += ((const struct api_gen_params *)batch[i]->payload)->n;
+    return images <= api_batch_images(api->cfg) && same_key(batch[0]->payload, c);
 }

@@ -28,6 +28,9 @@ static const double duration_buckets[] = {0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,  10
 static const double queue_buckets[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
                                        5,     10,    20,   30,   60,  120,  300, 600};
 
+/* Requests per batch: 1 to the largest batch_max. */
+static const double batch_buckets[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
+
 static double gauge_queue_depth(void *ctx)
 {
     struct api_ctx *api = ctx;
@@ -68,6 +71,14 @@ void api_ctx_init(struct api_ctx *api, const struct config *cfg, struct metrics 
     api->m_jobs =
         metrics_counter(metrics, "ralud_jobs_total",
                         "Generation jobs finished, by result (done, failed, cancelled).", "result");
+    api->m_cancel = metrics_counter(metrics, "ralud_cancellations_total",
+                                    "Jobs cancelled on request, by reason (delete: DELETE "
+                                    "/v1/jobs/{id}; client_gone: the client disconnected).",
+                                    "reason");
+    api->m_batch = metrics_histogram(
+        metrics, "ralud_batch_size",
+        "Requests per pipeline call (1: alone; more: same-key requests batched).", NULL,
+        batch_buckets, (int)(sizeof batch_buckets / sizeof batch_buckets[0]));
     metrics_gauge_cb(metrics, "ralud_queue_depth", "Jobs waiting for a worker.", gauge_queue_depth,
                      api);
     metrics_gauge_cb(metrics, "ralud_inflight_jobs", "Jobs being run by a worker.", gauge_inflight,
@@ -87,6 +98,17 @@ void api_observe_request(struct api_ctx *api, const char *route, int status, dou
     snprintf(code, sizeof code, "%d", status);
     metrics_add(api->m_requests, code, 1);
     metrics_observe(api->m_duration, route ? route : "other", seconds);
+}
+
+void api_observe_batch(void *ctx, int n)
+{
+    struct api_ctx *api = ctx;
+    metrics_observe(api->m_batch, NULL, n);
+}
+
+void api_observe_cancel(struct api_ctx *api, const char *reason)
+{
+    metrics_add(api->m_cancel, reason, 1);
 }
 
 void api_observe_job(struct api_ctx *api, const struct job *job)

@@ -26,12 +26,12 @@
 struct metrics;
 
 struct gen {
-    const char *backend; /* build_info label: "cpu", "fake" */
-    job_run_fn run;      /* NULL: no model configured, generation unavailable */
-    void *run_ctx;       /* passed to run; owned by the implementation */
-    bool ralu;           /* request field ralu != "off" can be served */
-    bool cache;          /* request field cache can be served */
-    void *impl;          /* implementation state */
+    const char *backend;        /* build_info label: "cpu", "fake" */
+    job_run_fn run;             /* NULL: no model configured, generation unavailable */
+    job_run_batch_fn run_batch; /* same-key jobs as one call; NULL: no batching */
+    void *run_ctx;              /* passed to run; owned by the implementation */
+    int family;                 /* enum api_family of the model; set by gen_load */
+    void *impl;                 /* implementation state */
 };
 
 /* Checks the configuration and registers the back end's metric families

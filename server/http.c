@@ -19,11 +19,13 @@
 #include "config/config.h"
 #include "server/api.h"
 #include "server/job.h"
+#include "server/loop.h"
 #include "server/routes.h"
 #include "server/workers.h"
 
 #include <arpa/inet.h> // for: inet_ntop
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h> // for: getaddrinfo
@@ -44,7 +46,7 @@ struct http_conn {
     const struct route *route; /* NULL until route_check matched */
     char request_id[64];
     char method[16];
-    char path[128]; /* for logs only */
+    char path[256];
     double t_start;
     char *body; /* malloc'd, NUL-terminated */
     size_t body_len, body_cap;
@@ -58,11 +60,16 @@ struct http_conn {
     struct http_resp resp;
     struct job *job; /* in the workers; NULL otherwise */
     void (*finish)(struct job *job, struct http_resp *resp);
+    struct loop_watch *watch;      /* the socket, while suspended for a job */
+    bool client_gone;              /* the watch saw the peer hang up */
+    struct http_stream *stream;    /* streamed body (reader's reference) */
+    bool stream_suspended;         /* suspended until the stream has data */
     struct http_conn *prev, *next; /* g's list of live requests */
 };
 
 struct http_glue {
     struct api_ctx *api;
+    struct loop *loop; /* for socket watches; NULL: none */
     const struct config *cfg;
     struct http_conn *live; /* requests started, not completed */
     size_t n_active, n_suspended;
@@ -128,16 +135,56 @@ static bool quiet_route(const struct route *r)
                  strcmp(r->name, "metrics") == 0);
 }
 
+/* ---- streamed bodies ---- */
+
+/* The stream has data (or ended): carry on sending. */
+static void stream_wake(void *ctx)
+{
+    struct http_conn *c = ctx;
+    if (!c->stream_suspended)
+        return;
+    c->stream_suspended = false;
+    c->suspended = false;
+    c->g->n_suspended--;
+    MHD_resume_connection(c->conn);
+}
+
+/* MHD asks for more body. Nothing pending: suspend (returning 0 without
+ * suspending would make MHD poll us in a busy loop) until stream_wake. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct http_conn *c = cls;
+    bool eof;
+    (void)pos;
+    size_t n = http_stream_read(c->stream, buf, max, &eof);
+    if (n > 0)
+        return (ssize_t)n;
+    if (eof)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    MHD_suspend_connection(c->conn);
+    c->stream_suspended = true;
+    c->suspended = true;
+    c->g->n_suspended++;
+    return 0;
+}
+
 static enum MHD_Result respond(struct http_conn *c)
 {
     struct http_resp *r = &c->resp;
 
+    if (r->stream) {
+        c->stream = r->stream;
+        r->stream = NULL;
+        http_stream_set_notify(c->stream, stream_wake, c);
+    }
     if (r->status == 0)
         http_resp_error(r, 500, "internal", NULL, "the handler produced no response");
-    if (!r->body)
+    if (!r->body && !c->stream)
         http_resp_body(r, r->status, r->content_type, xstrdup(""), 0);
     struct MHD_Response *mr =
-        MHD_create_response_from_buffer_with_free_callback(r->body_len, r->body, free);
+        c->stream
+            ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, c, NULL)
+            : MHD_create_response_from_buffer_with_free_callback(r->body_len, r->body, free);
     if (!mr) {
         LOG_ERROR("req=%s cannot create response", c->request_id);
         return MHD_NO;
@@ -200,6 +247,9 @@ static void conn_free(struct http_conn *c)
     g->n_active--;
     if (c->suspended)
         g->n_suspended--;
+    loop_watch_free(c->watch);
+    if (c->stream)
+        http_stream_close(c->stream);
     free(c->body);
     http_resp_fini(&c->resp);
     free(c);
@@ -308,6 +358,56 @@ static enum MHD_Result on_first_call(struct http_glue *g, struct http_conn *c)
     return MHD_YES;
 }
 
+/* ---- clients that leave while their job runs ----
+ *
+ * MHD does not watch a suspended connection's socket, so a client that
+ * gives up would leave its job running to the end. The socket goes on a
+ * uv_poll; when it turns readable, recv(MSG_PEEK) tells EOF or an error
+ * (the client is gone: cancel the job, which the sampler sees between
+ * steps) from bytes of a pipelined request (stop watching; the request
+ * is answered normally). */
+static void on_peer_event(void *ctx, bool hangup)
+{
+    struct http_conn *c = ctx;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char b;
+    ssize_t n = ci ? recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
+    bool gone =
+        hangup || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    if (!gone && n < 0)
+        return; /* spurious wake-up */
+    loop_watch_stop(c->watch);
+    if (!gone || c->client_gone || !c->job)
+        return;
+    c->client_gone = true;
+    LOG_INFO("req=%s job=%llu client disconnected: cancelling the job", c->request_id,
+             (unsigned long long)c->job->id);
+    api_observe_cancel(c->g->api, "client_gone");
+    /* The job still comes back through http_glue_job_done, which resumes
+     * the connection; MHD then finds the socket closed and completes it. */
+    if (c->g->api->workers)
+        workers_cancel(c->g->api->workers, c->job);
+    else
+        job_cancel(c->job);
+}
+
+static void watch_peer(struct http_conn *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!c->g->loop || !ci)
+        return;
+    if (loop_watch_new(c->g->loop, ci->connect_fd, on_peer_event, c, &c->watch) != ERR_OK)
+        c->watch = NULL; /* the job then runs to the end; logged by the loop */
+}
+
+static void unwatch_peer(struct http_conn *c)
+{
+    loop_watch_free(c->watch);
+    c->watch = NULL;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **req_cls)
@@ -367,6 +467,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     MHD_suspend_connection(conn);
     c->suspended = true;
     g->n_suspended++;
+    watch_peer(c);
     return MHD_YES;
 }
 
@@ -396,6 +497,7 @@ void http_glue_job_done(struct job *job, void *ctx)
         return;
     }
     RALUD_ASSERT(c->job == job && c->suspended);
+    unwatch_peer(c);
     c->finish(job, &c->resp);
     c->job = NULL;
     job_free(job);
@@ -410,6 +512,11 @@ void http_glue_abort_suspended(struct http_glue *g)
     for (struct http_conn *c = g->live; c; c = c->next) {
         if (!c->suspended)
             continue;
+        if (c->stream) { /* an event stream: end it here */
+            http_stream_end(c->stream);
+            continue;
+        }
+        unwatch_peer(c);
         conn_detach_job(c);
         http_resp_error(&c->resp, 503, "unavailable", NULL,
                         "the server is shutting down; the job was cancelled");
@@ -435,6 +542,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         line[--n] = '\0';
     LOG_WARN("mhd: %s", line);
 }
+
+void http_glue_set_loop(struct http_glue *g, struct loop *l) { g->loop = l; }
 
 int http_glue_new(struct http_glue **out, struct api_ctx *api)
 {

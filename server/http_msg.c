@@ -26,6 +26,9 @@ void http_resp_fini(struct http_resp *r)
     free(r->body);
     r->body = NULL;
     r->body_len = 0;
+    if (r->stream) /* never handed to a reader */
+        http_stream_close(r->stream);
+    r->stream = NULL;
 }
 
 void http_resp_body(struct http_resp *r, int status, const char *content_type, char *body,
@@ -94,7 +97,9 @@ const char *http_resp_get_header(const struct http_resp *r, const char *name)
     return NULL;
 }
 
-/* CANCELLED maps to 503, not nginx's 499: a job is cancelled here when the
+/* BUSY (queue full) maps to 429 + Retry-After: the server is healthy and the
+ * client should back off; 503 stays for "not able to serve at all".
+ * CANCELLED maps to 503, not nginx's 499: a job is cancelled here when the
  * server shuts down, and the client is usually still there to read why. */
 int http_status_from_err(int err)
 {
@@ -110,6 +115,7 @@ int http_status_from_err(int err)
     case ERR_UNSUPPORTED:
         return 422;
     case ERR_BUSY:
+        return 429;
     case ERR_CANCELLED:
     case ERR_NOMEM:
     case ERR_DEVICE:
@@ -142,4 +148,90 @@ const char *http_code_from_err(int err)
     default:
         return "internal";
     }
+}
+
+/* ---- streams ---- */
+
+struct http_stream {
+    char *buf; /* pending bytes [off, len) */
+    size_t off, len, cap;
+    bool ended;  /* the writer is done */
+    bool closed; /* the reader is gone */
+    int refs;
+    void (*notify)(void *ctx);
+    void *notify_ctx;
+};
+
+struct http_stream *http_stream_new(void)
+{
+    struct http_stream *s = xcalloc(1, sizeof *s);
+    s->refs = 2; /* the writer's and the reader's */
+    return s;
+}
+
+static void stream_notify(struct http_stream *s)
+{
+    if (s->notify)
+        s->notify(s->notify_ctx);
+}
+
+void http_stream_write(struct http_stream *s, const char *data, size_t len)
+{
+    if (s->closed || s->ended)
+        return;
+    if (s->off > 0 && s->off == s->len)
+        s->off = s->len = 0;
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap ? s->cap : 1024;
+        while (cap < s->len + len)
+            cap *= 2;
+        s->buf = xrealloc(s->buf, cap);
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, data, len);
+    s->len += len;
+    stream_notify(s);
+}
+
+void http_stream_end(struct http_stream *s)
+{
+    if (s->ended)
+        return;
+    s->ended = true;
+    stream_notify(s);
+}
+
+bool http_stream_closed(const struct http_stream *s) { return s->closed; }
+bool http_stream_ended(const struct http_stream *s) { return s->ended; }
+
+size_t http_stream_read(struct http_stream *s, char *buf, size_t max, bool *eof)
+{
+    size_t n = s->len - s->off;
+    if (n > max)
+        n = max;
+    memcpy(buf, s->buf + s->off, n);
+    s->off += n;
+    *eof = s->ended && s->off == s->len;
+    return n;
+}
+
+void http_stream_set_notify(struct http_stream *s, void (*fn)(void *ctx), void *ctx)
+{
+    s->notify = fn;
+    s->notify_ctx = ctx;
+}
+
+void http_stream_close(struct http_stream *s)
+{
+    s->closed = true;
+    s->notify = NULL;
+    http_stream_release(s);
+}
+
+void http_stream_release(struct http_stream *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    free(s->buf);
+    free(s);
 }

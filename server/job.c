@@ -19,6 +19,7 @@ struct job *job_new(uint64_t id, void *payload, job_free_fn payload_free)
     job->payload = payload;
     job->payload_free = payload_free;
     job->result = ERR_OK;
+    pthread_mutex_init(&job->mu, NULL);
     return job;
 }
 
@@ -29,6 +30,7 @@ void job_free(struct job *job)
     if (job->payload_free)
         job->payload_free(job->payload);
     free(job->out_body);
+    pthread_mutex_destroy(&job->mu);
     free(job);
 }
 
@@ -50,6 +52,29 @@ void job_add_header(struct job *job, const char *name, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(h->value, sizeof h->value, fmt, ap);
     va_end(ap);
+}
+
+void job_set_progress(struct job *job, const char *stage, int step, int total)
+{
+    pthread_mutex_lock(&job->mu);
+    snprintf(job->progress_stage, sizeof job->progress_stage, "%s", stage);
+    job->progress_step = step;
+    job->progress_total = total;
+    job->progress_seq++;
+    pthread_mutex_unlock(&job->mu);
+    if (job->wake)
+        job->wake(job->wake_ctx);
+}
+
+unsigned job_get_progress(struct job *job, char *stage, size_t stage_len, int *step, int *total)
+{
+    pthread_mutex_lock(&job->mu);
+    snprintf(stage, stage_len, "%s", job->progress_stage);
+    *step = job->progress_step;
+    *total = job->progress_total;
+    unsigned seq = job->progress_seq;
+    pthread_mutex_unlock(&job->mu);
+    return seq;
 }
 
 enum job_state job_state(const struct job *job)

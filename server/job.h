@@ -13,6 +13,7 @@
 
 #include "base/err.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -30,7 +31,7 @@ typedef void (*job_free_fn)(void *p);
 /* An extra response header set by the back end (Server-Timing, ...). */
 struct job_header {
     char name[32];
-    char value[208];
+    char value[400];
 };
 
 struct job {
@@ -53,6 +54,17 @@ struct job {
     int n_out_headers;
     double t_submit, t_start, t_end; /* clock_sec(); t_start 0 if it never ran */
 
+    /* Progress, reported by the worker (job_set_progress) and read from the
+     * loop (job_get_progress). wake is set by the creator before submit and
+     * called on the worker thread after each report; it must be cheap and
+     * thread-safe (the daemon's loop wake-up). */
+    pthread_mutex_t mu; /* guards: progress_* */
+    char progress_stage[16];
+    int progress_step, progress_total;
+    unsigned progress_seq; /* bumped by every report */
+    void (*wake)(void *ctx);
+    void *wake_ctx;
+
     /* Loop thread only. */
     job_done_fn on_done;
     void *on_done_ctx; /* NULL: nobody waits any more (client gone) */
@@ -74,6 +86,11 @@ bool job_cancelled(const struct job *job);
  * JOB_MAX_HEADERS; the value is truncated to fit. */
 void job_add_header(struct job *job, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Worker: record where the job is ("denoise", step, total) and wake the loop. */
+void job_set_progress(struct job *job, const char *stage, int step, int total);
+/* Any thread: copy the last report; returns its sequence number (0: none yet). */
+unsigned job_get_progress(struct job *job, char *stage, size_t stage_len, int *step, int *total);
 
 enum job_state job_state(const struct job *job);
 const char *job_state_name(enum job_state s);

@@ -219,6 +219,56 @@ int loop_run(struct loop *l)
     return l->cancelled ? ERR_CANCELLED : ERR_OK;
 }
 
+struct loop_watch {
+    uv_poll_t poll;
+    void (*fn)(void *ctx, bool hangup);
+    void *ctx;
+};
+
+static void on_watch(uv_poll_t *p, int status, int events)
+{
+    struct loop_watch *w = p->data;
+    w->fn(w->ctx, status < 0 || (events & UV_DISCONNECT) != 0);
+}
+
+int loop_watch_new(struct loop *l, int fd, void (*fn)(void *ctx, bool hangup), void *ctx,
+                   struct loop_watch **out)
+{
+    struct loop_watch *w = xcalloc(1, sizeof *w);
+    int e = uv_poll_init_socket(&l->uv, &w->poll, fd);
+    if (e != 0) {
+        LOG_WARN("cannot watch socket %d: %s", fd, uv_strerror(e));
+        free(w);
+        return ERR_INTERNAL;
+    }
+    w->fn = fn;
+    w->ctx = ctx;
+    w->poll.data = w;
+    if ((e = uv_poll_start(&w->poll, UV_READABLE | UV_DISCONNECT, on_watch)) != 0) {
+        LOG_WARN("cannot watch socket %d: %s", fd, uv_strerror(e));
+        loop_watch_free(w);
+        return ERR_INTERNAL;
+    }
+    *out = w;
+    return ERR_OK;
+}
+
+void loop_watch_stop(struct loop_watch *w)
+{
+    if (w)
+        uv_poll_stop(&w->poll);
+}
+
+static void on_watch_closed(uv_handle_t *h) { free(h->data); }
+
+void loop_watch_free(struct loop_watch *w)
+{
+    if (!w)
+        return;
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, on_watch_closed);
+}
+
 void loop_wakeup(void *l) { uv_async_send(&((struct loop *)l)->async); }
 
 void loop_free(struct loop *l)

@@ -38,6 +38,16 @@ int loop_run(struct loop *l);
 void loop_drain(struct loop *l);
 /* Any thread (a workers_notify_fn): wake the loop to run hooks->on_wakeup. */
 void loop_wakeup(void *l);
+/* Watch a socket that MHD does not (a suspended connection's) for the peer
+ * closing it: fn runs on the loop thread when the socket becomes readable
+ * or the peer hangs up; it decides (recv MSG_PEEK) what happened. Loop
+ * thread only; free the watch before the socket is closed. */
+struct loop_watch;
+int loop_watch_new(struct loop *l, int fd, void (*fn)(void *ctx, bool hangup), void *ctx,
+                   struct loop_watch **out);
+void loop_watch_stop(struct loop_watch *w); /* no more callbacks; still free it */
+void loop_watch_free(struct loop_watch *w); /* NULL is a no-op */
+
 /* Close every handle. Call after the workers are joined, before
  * MHD_stop_daemon (the poll handle watches MHD's epoll fd). NULL is a no-op. */
 void loop_free(struct loop *l);

@@ -74,6 +74,7 @@ static void app_on_wakeup(void *ctx)
         else
             job_free(job);
     }
+    api_jobs_poll(&a->api); /* progress events, expiry */
 }
 
 static void *app_loader_main(void *arg)
@@ -82,6 +83,7 @@ static void *app_loader_main(void *arg)
     double t0 = clock_sec();
     int rc = gen_load(a->gen, &a->load_cancel, &a->load_em);
     if (rc == ERR_OK) {
+        atomic_store(&a->api.family, a->gen->family);
         int expected = API_LOADING; /* a drain that started meanwhile wins */
         atomic_compare_exchange_strong(&a->api.state, &expected, API_READY);
         LOG_INFO("ready: model loaded and warmed up in %.1f s", clock_sec() - t0);
@@ -123,6 +125,18 @@ static void app_on_stop(void *ctx)
 
 /* ---- wiring ---- */
 
+/* The model's name for /v1/models: the folder's last component. */
+static void model_id(const char *path, char *out, size_t len)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    snprintf(out, len, "%.*s", (int)(n - b), path + b);
+}
+
 static int app_run(struct app *a)
 {
     const struct config *cfg = a->cfg;
@@ -137,8 +151,8 @@ static int app_run(struct app *a)
     }
     /* Workers come after the loop (they notify it); the api sees them then. */
     api_ctx_init(&a->api, cfg, a->metrics, NULL, a->gen->backend);
-    a->api.ralu_ok = a->gen->ralu;
-    a->api.cache_ok = a->gen->cache;
+    model_id(cfg->model, a->api.model_id, sizeof a->api.model_id);
+    api_jobs_init(&a->api, NULL);
     if ((rc = http_glue_new(&a->glue, &a->api)) != ERR_OK)
         return rc;
     if ((rc = http_glue_start(a->glue, &a->mhd, bound, sizeof bound)) != ERR_OK)
@@ -153,6 +167,9 @@ static int app_run(struct app *a)
     };
     if ((rc = loop_new(&a->loop, a->mhd, (double)cfg->drain_timeout_s, &hooks)) != ERR_OK)
         return rc;
+    http_glue_set_loop(a->glue, a->loop);
+    a->api.wake = loop_wakeup;
+    a->api.wake_ctx = a->loop;
     if (a->gen->run) {
         struct workers_opts wo = {
             .n_threads = (int)cfg->workers,
@@ -161,6 +178,12 @@ static int app_run(struct app *a)
             .run_ctx = a->gen->run_ctx,
             .notify = loop_wakeup,
             .notify_ctx = a->loop,
+            .batch_max = (int)cfg->batch_max,
+            .batch_wait_s = (double)cfg->batch_wait_ms * 1e-3,
+            .run_batch = a->gen->run_batch,
+            .batch_ok = api_batch_ok,
+            .batch_ctx = &a->api,
+            .on_batch = api_observe_batch,
         };
         if ((rc = workers_new(&a->workers, &wo)) != ERR_OK)
             return rc;
@@ -203,6 +226,7 @@ static void app_fini(struct app *a)
     if (a->mhd)
         MHD_stop_daemon(a->mhd);
     http_glue_free(a->glue);
+    api_jobs_free(&a->api);
     workers_free(a->workers);
     metrics_free(a->metrics);
     gen_close(a->gen);

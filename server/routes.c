@@ -14,6 +14,12 @@ static const struct route route_table[] = {
     {"GET", "/metrics", api_metrics, ROUTE_AUTH_METRICS, "metrics"},
     {"POST", "/generate", api_generate_handle, ROUTE_AUTH | ROUTE_BODY, "generate"},
     {"POST", "/v1/generate", api_generate_handle, ROUTE_AUTH | ROUTE_BODY, "generate"},
+    {"POST", "/v1/images/generations", api_openai_images, ROUTE_AUTH | ROUTE_BODY, "openai_images"},
+    {"GET", "/v1/models", api_openai_models, ROUTE_AUTH, "openai_models"},
+    {"POST", "/v1/jobs", api_jobs_submit, ROUTE_AUTH | ROUTE_BODY, "jobs_submit"},
+    {"GET", "/v1/jobs/*", api_jobs_get, ROUTE_AUTH, "jobs_get"},
+    {"DELETE", "/v1/jobs/*", api_jobs_delete, ROUTE_AUTH, "jobs_delete"},
+    {"GET", "/v1/jobs/*/events", api_jobs_events, ROUTE_AUTH, "jobs_events"},
 };
 
 #define N_ROUTES (sizeof route_table / sizeof route_table[0])
@@ -36,6 +42,24 @@ bool route_auth_ok(const char *authorization, const char *token)
     return diff == 0;
 }
 
+/* '*' in a route path matches one non-empty segment (no '/'). */
+bool route_path_matches(const char *pattern, const char *path)
+{
+    while (*pattern) {
+        if (*pattern == '*') {
+            size_t n = strcspn(path, "/");
+            if (n == 0)
+                return false;
+            path += n;
+            pattern++;
+            continue;
+        }
+        if (*pattern++ != *path++)
+            return false;
+    }
+    return *path == '\0';
+}
+
 static bool method_matches(const char *route_method, const char *method)
 {
     return strcmp(route_method, method) == 0 ||
@@ -53,7 +77,7 @@ bool route_check(const struct api_ctx *api, const char *method, const char *path
     *out = NULL;
     for (size_t i = 0; i < N_ROUTES; i++) {
         const struct route *r = &route_table[i];
-        if (strcmp(r->path, path) != 0)
+        if (!route_path_matches(r->path, path))
             continue;
         path_known = true;
         if (method_matches(r->method, method))

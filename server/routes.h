@@ -41,6 +41,9 @@ struct route {
 bool route_check(const struct api_ctx *api, const char *method, const char *path,
                  const char *authorization, const struct route **out, struct http_resp *resp);
 
+/* Path match; '*' in pattern matches one non-empty segment. */
+bool route_path_matches(const char *pattern, const char *path);
+
 /* Constant-time comparison of "Bearer <token>" against the configured token. */
 bool route_auth_ok(const char *authorization, const char *token);
 

@@ -20,7 +20,8 @@ struct worker_slot {
     struct workers *w;
     int idx;
     pthread_t tid;
-    struct job *current; /* guarded by w->mu */
+    struct job *batch[WORKERS_MAX_BATCH]; /* being run; guarded by w->mu */
+    int n_batch;                          /* guarded by w->mu */
 };
 
 struct workers {
@@ -28,7 +29,7 @@ struct workers {
     struct worker_slot *slots; /* n_threads */
     int n_started;             /* threads actually created */
 
-    pthread_mutex_t mu;     /* guards: every field below, slot->current */
+    pthread_mutex_t mu;     /* guards: every field below, slot->batch */
     pthread_cond_t cv_work; /* a job was queued, or stopping */
     pthread_cond_t cv_idle; /* a job finished */
     struct job *q_head, *q_tail;
@@ -82,20 +83,10 @@ static void notify(struct workers *w)
         w->o.notify(w->o.notify_ctx);
 }
 
-static void run_one(struct workers *w, struct job *job)
+static void finish_one(struct job *job)
 {
-    if (job_cancelled(job)) {
-        atomic_store(&job->state, JOB_CANCELLED);
-        job->result = ERR_CANCELLED;
-        err_set(&job->err, ERR_CANCELLED, "cancelled before it started");
-        job->t_end = clock_sec();
-        return;
-    }
-    atomic_store(&job->state, JOB_RUNNING);
-    job->t_start = clock_sec();
-    int rc = w->o.run(w->o.run_ctx, job);
+    int rc = job->result;
     job->t_end = clock_sec();
-    job->result = rc;
     if (rc != ERR_OK && job->err.text[0] == '\0')
         err_set(&job->err, rc, "%s", err_str(rc));
     atomic_store(&job->state, rc == ERR_OK          ? JOB_DONE
@@ -103,6 +94,74 @@ static void run_one(struct workers *w, struct job *job)
                                                     : JOB_FAILED);
     LOG_DEBUG("job=%llu req=%s state=%s ms=%.1f", (unsigned long long)job->id, job->request_id,
               job_state_name(job_state(job)), (job->t_end - job->t_start) * 1e3);
+}
+
+/* Runs the batch (n >= 1); every job ends with its result set. */
+static void run_batch(struct workers *w, struct job **batch, int n)
+{
+    struct job *live[WORKERS_MAX_BATCH];
+    int n_live = 0;
+    for (int i = 0; i < n; i++) {
+        struct job *job = batch[i];
+        if (job_cancelled(job)) {
+            atomic_store(&job->state, JOB_CANCELLED);
+            job->result = ERR_CANCELLED;
+            err_set(&job->err, ERR_CANCELLED, "cancelled before it started");
+            job->t_end = clock_sec();
+            continue;
+        }
+        atomic_store(&job->state, JOB_RUNNING);
+        job->t_start = clock_sec();
+        live[n_live++] = job;
+    }
+    if (n_live == 0)
+        return;
+    if (w->o.on_batch)
+        w->o.on_batch(w->o.batch_ctx, n_live);
+    if (n_live == 1)
+        live[0]->result = w->o.run(w->o.run_ctx, live[0]);
+    else
+        w->o.run_batch(w->o.run_ctx, live, n_live);
+    for (int i = 0; i < n_live; i++)
+        finish_one(live[i]);
+}
+
+static bool batching(const struct workers *w)
+{
+    return w->o.batch_max > 1 && w->o.run_batch && w->o.batch_ok;
+}
+
+/* Caller holds mu. Moves the queued jobs batch_ok accepts into batch. */
+static void collect_locked(struct workers *w, struct job **batch, int *n)
+{
+    struct job *prev = NULL;
+    for (struct job *j = w->q_head, *next; j && *n < w->o.batch_max; j = next) {
+        next = j->next;
+        if (job_cancelled(j) || !w->o.batch_ok(w->o.batch_ctx, batch, *n, j)) {
+            prev = j;
+            continue;
+        }
+        if (prev)
+            prev->next = next;
+        else
+            w->q_head = next;
+        if (w->q_tail == j)
+            w->q_tail = prev;
+        w->n_queued--;
+        j->next = NULL;
+        batch[(*n)++] = j;
+    }
+}
+
+static void add_seconds(struct timespec *ts, double s)
+{
+    double whole = (double)(time_t)s;
+    ts->tv_sec += (time_t)s;
+    ts->tv_nsec += (long)((s - whole) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
 }
 
 static void *worker_main(void *arg)
@@ -121,16 +180,38 @@ static void *worker_main(void *arg)
         if (!w->q_head)
             w->q_tail = NULL;
         w->n_queued--;
-        slot->current = job;
+        job->next = NULL;
+        /* The batch counts as running from here, so drains wait for it. */
+        slot->batch[0] = job;
+        slot->n_batch = 1;
         w->n_running++;
+        if (batching(w)) {
+            int n = 1;
+            collect_locked(w, slot->batch, &n);
+            if (n < w->o.batch_max && w->o.batch_wait_s > 0) {
+                struct timespec deadline;
+                clock_gettime(CLOCK_MONOTONIC, &deadline);
+                add_seconds(&deadline, w->o.batch_wait_s);
+                while (n < w->o.batch_max && !w->stopping && !w->closed &&
+                       pthread_cond_timedwait(&w->cv_work, &w->mu, &deadline) != ETIMEDOUT)
+                    collect_locked(w, slot->batch, &n);
+                collect_locked(w, slot->batch, &n);
+            }
+            w->n_running += (size_t)(n - 1);
+            slot->n_batch = n;
+        }
+        int n = slot->n_batch;
+        struct job *batch[WORKERS_MAX_BATCH];
+        memcpy(batch, slot->batch, sizeof(*batch) * (size_t)n);
         pthread_mutex_unlock(&w->mu);
 
-        run_one(w, job);
+        run_batch(w, batch, n);
 
         pthread_mutex_lock(&w->mu);
-        slot->current = NULL;
-        w->n_running--;
-        list_push(&w->d_head, &w->d_tail, job); /* the job is the loop's from here on */
+        slot->n_batch = 0;
+        w->n_running -= (size_t)n;
+        for (int i = 0; i < n; i++) /* the jobs are the loop's from here on */
+            list_push(&w->d_head, &w->d_tail, batch[i]);
         pthread_cond_broadcast(&w->cv_idle);
         pthread_mutex_unlock(&w->mu);
         notify(w);
@@ -143,6 +224,7 @@ static void *worker_main(void *arg)
 int workers_new(struct workers **out, const struct workers_opts *opts)
 {
     RALUD_ASSERT(opts->n_threads >= 1 && opts->capacity >= 1 && opts->run);
+    RALUD_ASSERT(opts->batch_max <= WORKERS_MAX_BATCH);
     struct workers *w = xcalloc(1, sizeof *w);
     pthread_condattr_t ca;
     int rc = ERR_OK;
@@ -153,8 +235,8 @@ int workers_new(struct workers **out, const struct workers_opts *opts)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->cv_idle, &ca);
+    pthread_cond_init(&w->cv_work, &ca); /* batch waits use it with a deadline */
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&w->cv_work, NULL);
     w->slots = xcalloc((size_t)opts->n_threads, sizeof *w->slots);
 
     for (int i = 0; i < opts->n_threads; i++) {
@@ -188,7 +270,11 @@ int workers_submit(struct workers *w, struct job *job)
         job->t_submit = clock_sec();
         list_push(&w->q_head, &w->q_tail, job);
         w->n_queued++;
-        pthread_cond_signal(&w->cv_work);
+        /* A worker forming a batch waits on the same condition as idle ones. */
+        if (batching(w))
+            pthread_cond_broadcast(&w->cv_work);
+        else
+            pthread_cond_signal(&w->cv_work);
     }
     pthread_mutex_unlock(&w->mu);
     return rc;
@@ -222,8 +308,8 @@ void workers_cancel_all(struct workers *w)
     pthread_mutex_lock(&w->mu);
     size_t moved = cancel_queued_locked(w);
     for (int i = 0; i < w->n_started; i++)
-        if (w->slots[i].current)
-            job_cancel(w->slots[i].current);
+        for (int k = 0; k < w->slots[i].n_batch; k++)
+            job_cancel(w->slots[i].batch[k]);
     if (moved)
         pthread_cond_broadcast(&w->cv_idle);
     pthread_mutex_unlock(&w->mu);
@@ -275,8 +361,8 @@ int workers_shutdown(struct workers *w, double timeout_s)
         cancelled = true;
         moved = cancel_queued_locked(w);
         for (int i = 0; i < w->n_started; i++)
-            if (w->slots[i].current)
-                job_cancel(w->slots[i].current);
+            for (int k = 0; k < w->slots[i].n_batch; k++)
+                job_cancel(w->slots[i].batch[k]);
     }
     w->stopping = true;
     pthread_cond_broadcast(&w->cv_work);
@@ -292,6 +378,19 @@ int workers_shutdown(struct workers *w, double timeout_s)
     if (cancelled)
         LOG_WARN("shutdown cancelled jobs still in flight after %.1f s", timeout_s);
     return cancelled ? ERR_CANCELLED : ERR_OK;
+}
+
+int workers_position(struct workers *w, const struct job *job)
+{
+    int pos = -1, i = 0;
+    pthread_mutex_lock(&w->mu);
+    for (const struct job *j = w->q_head; j; j = j->next, i++)
+        if (j == job) {
+            pos = i;
+            break;
+        }
+    pthread_mutex_unlock(&w->mu);
+    return pos;
 }
 
 size_t workers_queued(struct workers *w)

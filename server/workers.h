@@ -19,6 +19,14 @@
 /* Runs on a worker thread. Returns ERR_OK (job->out_body set) or an ERR_*
  * code with job->err filled; ERR_CANCELLED when it saw job_cancelled(). */
 typedef int (*job_run_fn)(void *ctx, struct job *job);
+/* Batching: runs n >= 2 jobs as one call on a worker thread. Must set every
+ * job's result (and err, out_body) as job_run_fn would; a job cancelled
+ * before the call is never passed. */
+typedef void (*job_run_batch_fn)(void *ctx, struct job **jobs, int n);
+/* May cand join the batch (n jobs so far, batch[0] first)? Called with the
+ * workers' lock held: must be quick and must not call back into workers. */
+typedef bool (*workers_batch_ok_fn)(void *ctx, struct job *const *batch, int n,
+                                    const struct job *cand);
 /* Called from a worker (or from workers_cancel) after jobs reach the
  * completion list. Must be cheap and thread-safe. */
 typedef void (*workers_notify_fn)(void *ctx);
@@ -30,7 +38,19 @@ struct workers_opts {
     void *run_ctx;
     workers_notify_fn notify; /* may be NULL (tests poll workers_take_done) */
     void *notify_ctx;
+
+    /* Batching (off when batch_max <= 1 or run_batch is NULL): a worker that
+     * takes a job also takes the queued jobs batch_ok accepts, up to
+     * batch_max, waiting up to batch_wait_s for more to arrive. */
+    int batch_max; /* <= WORKERS_MAX_BATCH */
+    double batch_wait_s;
+    job_run_batch_fn run_batch;
+    workers_batch_ok_fn batch_ok;
+    void *batch_ctx;                          /* for batch_ok and on_batch */
+    void (*on_batch)(void *batch_ctx, int n); /* every run, with its size (1 alone) */
 };
+
+#define WORKERS_MAX_BATCH 64
 
 struct workers;
 
@@ -47,7 +67,8 @@ int workers_submit(struct workers *w, struct job *job);
  * job is removed at once and goes to the completion list as JOB_CANCELLED
  * without running; a running job gets its cancel flag set. */
 void workers_cancel(struct workers *w, struct job *job);
-/* Cancel every queued and running job. */
+/* Cancel every queued and running job. A job in a running batch gets its
+ * flag set; the back end stops the batch only when all of it is cancelled. */
 void workers_cancel_all(struct workers *w);
 
 /* Take every completed job, oldest first, linked through job->next. The
@@ -62,6 +83,8 @@ void workers_close(struct workers *w);
  * ERR_CANCELLED if jobs had to be cancelled. Call once, not from a worker. */
 int workers_shutdown(struct workers *w, double timeout_s);
 
+/* 0-based place of job among the queued ones; -1 when it is not queued. */
+int workers_position(struct workers *w, const struct job *job);
 size_t workers_queued(struct workers *w);  /* waiting for a thread */
 size_t workers_running(struct workers *w); /* being run now */
 bool workers_idle(struct workers *w);      /* nothing queued or running */

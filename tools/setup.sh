@@ -30,7 +30,8 @@ ASAN_DIR=build-asan
 # clang and its runtime (libFuzzer, sanitizer runtimes) are only needed for the fuzz smoke step;
 # everything else is needed to build and test.
 PACKAGES_REQUIRED=(build-essential cmake pkg-config check libsubunit-dev libjansson-dev
-                   libuv1-dev libmicrohttpd-dev libpng-dev curl python3)
+                   libuv1-dev libmicrohttpd-dev libpng-dev curl python3 python3-jsonschema
+                   python3-yaml)
 PACKAGES_OPTIONAL=(clang libclang-rt-14-dev clang-format)
 
 START=$SECONDS

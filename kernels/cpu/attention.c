@@ -83,8 +83,8 @@ struct attn_kern {
     void (*pack_q)(int rows, int64_t D, const float *q, int64_t qs, float qsign, float *qt);
     void (*qk)(int nk, int nv, int64_t D, const float *k, int64_t ks, const float *qt, float *s);
     void (*bias)(int rows, int nk, float *s, const float *b, int64_t bs, float scale);
-    void (*softmax)(int nk, int nv, float *s, const uint8_t *valid, int coff, float scale,
-                    float *m, float *l, float *alpha);
+    void (*softmax)(int nk, int nv, float *s, const uint8_t *valid, int coff, float scale, float *m,
+                    float *l, float *alpha);
     void (*pv)(int nk, int nv, int64_t D, const float *p, const float *v, int64_t vs, float *ot,
                const float *alpha);
     void (*store_o)(int rows, int64_t D, const float *ot, const float *l, float *o, int64_t os);
@@ -182,7 +182,7 @@ static void store_o_scalar(int rows, int64_t D, const float *ot, const float *l,
             o[i * os + d] = l[i] > 0.0f ? ot[d * ATTN_BQ + i] / l[i] : 0.0f;
 }
 
-static const struct attn_kern kern_scalar = {pack_q_scalar, qk_scalar,      bias_scalar,
+static const struct attn_kern kern_scalar = {pack_q_scalar,  qk_scalar, bias_scalar,
                                              softmax_scalar, pv_scalar, store_o_scalar};
 
 /* ---- AVX-512 path ---- */
@@ -584,8 +584,7 @@ static void attn_task(void *arg, int64_t task, int thread)
         uint8_t *valid = (uint8_t *)(alpha + ATTN_BQ);
         const uint8_t *km = P->kmask ? (const uint8_t *)P->kmask->data + b * P->kmask->nb[0] : NULL;
         /* bias rows of this task's queries: [H, Lq, Lk] contiguous */
-        const float *bq =
-            P->bias ? (const float *)P->bias->data + (h * J->Lq + q0) * J->Lk : NULL;
+        const float *bq = P->bias ? (const float *)P->bias->data + (h * J->Lq + q0) * J->Lk : NULL;
         const float sm_scale = bq ? 1.0f : J->scale; /* bias: scores pre-scaled */
         const int nv = (rows + 15) / 16;
         /* causal: keys after the task's last query are masked for every row */

@@ -158,8 +158,8 @@ void cpu_timestep_embed(struct backend *be, struct tensor *y, const float *t, bo
 /* ---- SD3 2-D sin-cos position embedding ---- */
 
 struct sincos_job {
-    struct tensor *y;         /* [B, N, C] */
-    const struct tensor *pos; /* [B, N, 2] (row, col) */
+    struct tensor *y;           /* [B, N, C] */
+    const struct tensor *pos;   /* [B, N, 2] (row, col) */
     const struct tensor *table; /* [S*S, C] any float dtype, or NULL */
     int side;
     double pos_scale;

@@ -11,7 +11,12 @@ Starts the real executables on 127.0.0.1 port 0 (the daemon prints
   ralud_fakegen  the same daemon linked with tests/integration/gen_fake.c, to
                  exercise the queue, workers, suspend/resume and drain.
 
-Python 3 standard library only. Exit status 0 when every check passes.
+Every response is validated against openapi.yaml (python3-jsonschema and
+python3-yaml, installed by tools/setup.sh): its status must be declared for
+the operation (unknown paths: components.responses.NotFound; known paths with
+another method: MethodNotAllowed), JSON bodies must match the schema, and
+server-sent events must match the schemas named in the operation's
+x-events. Exit status 0 when every check passes.
 """
 
 import argparse
@@ -29,9 +34,152 @@ import threading
 import time
 import traceback
 
+try:
+    import jsonschema
+    import yaml
+except ImportError as e:  # a missing dependency must fail the test, not skip it
+    sys.stderr.write("test_daemon.py needs python3-jsonschema and python3-yaml "
+                     "(tools/setup.sh installs them): %s\n" % e)
+    sys.exit(1)
+
 LISTEN_RE = re.compile(r"^listening on 127\.0\.0\.1:(\d+)$")
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
+
+
+class OpenApi:
+    """The contract in openapi.yaml, as a response validator."""
+
+    def __init__(self, path):
+        with open(path) as f:
+            self.doc = yaml.safe_load(f)
+        self.components = self.doc["components"]
+        self.routes = []
+        for tmpl, item in self.doc["paths"].items():
+            item = self.deref(item)
+            rx = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(tmpl)) + "$")
+            self.routes.append((rx, item))
+
+    def deref(self, node):
+        while isinstance(node, dict) and "$ref" in node and len(node) == 1:
+            ref = node["$ref"]
+            expect(ref.startswith("#/"), "only local refs", ref)
+            node = self.doc
+            for part in ref[2:].split("/"):
+                node = node[part]
+        return node
+
+    def schema_validator(self, schema):
+        root = dict(schema)
+        root["components"] = self.components
+        root["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        return jsonschema.Draft202012Validator(root)
+
+    def check_schema(self, schema, instance, what):
+        errors = sorted(self.schema_validator(schema).iter_errors(instance), key=str)
+        if errors:
+            e = errors[0]
+            raise AssertionError("%s does not match openapi.yaml: %s at %s" % (
+                what, e.message, "/".join(map(str, e.absolute_path)) or "(root)"))
+
+    def response_spec(self, method, path, status):
+        item = next((it for rx, it in self.routes if rx.match(path)), None)
+        if item is None:
+            expect(status == 404, "undocumented path answered", path, status)
+            return self.deref(self.components["responses"]["NotFound"])
+        op = item.get(method.lower()) or (item.get("get") if method == "HEAD" else None)
+        if op is None:
+            expect(status == 405, "undocumented method answered", method, path, status)
+            return self.deref(self.components["responses"]["MethodNotAllowed"])
+        responses = op["responses"]
+        spec = responses.get(str(status))
+        expect(spec is not None, "status %d not declared for %s %s" % (status, method, path),
+               sorted(responses))
+        return self.deref(spec)
+
+    def validate(self, method, path, status, headers, data):
+        what = "%s %s -> %d" % (method, path, status)
+        spec = self.response_spec(method, path, status)
+        ctype = headers.get("content-type", "")
+        content = spec.get("content")
+        if method == "HEAD" or not content:
+            return
+        media = content.get(ctype) or content.get(ctype.split(";")[0].strip())
+        expect(media is not None, what + ": content type not declared", ctype, sorted(content))
+        mt = ctype.split(";")[0].strip()
+        if mt == "application/json":
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                raise AssertionError(what + ": body is not JSON: %r" % data[:200])
+            self.check_schema(media["schema"], doc, what)
+        elif mt == "text/event-stream":
+            events = media.get("x-events", {})
+            for name, payload in parse_sse(data.decode()):
+                expect(name in events, what + ": undeclared event", name)
+                self.check_schema(events[name], json.loads(payload), what + " event " + name)
+        elif mt == "image/png":
+            expect(data[:8] == b"\x89PNG\r\n\x1a\n", what + ": not a PNG")
+        elif mt == "text/plain":
+            data.decode("utf-8")
+
+    def lint(self):
+        """Every object schema reachable from a response says required and
+        additionalProperties: false."""
+        seen = set()
+
+        def walk(node, where):
+            if isinstance(node, list):
+                for i, x in enumerate(node):
+                    walk(x, "%s[%d]" % (where, i))
+                return
+            if not isinstance(node, dict):
+                return
+            if "$ref" in node:
+                ref = node["$ref"]
+                if ref not in seen:
+                    seen.add(ref)
+                    walk(self.deref({"$ref": ref}), ref)
+            if node.get("type") == "object" or "properties" in node:
+                expect(node.get("additionalProperties") is False,
+                       "additionalProperties: false missing", where)
+                expect(node.get("required"), "required missing", where)
+            for k, v in node.items():
+                if k in ("properties",):
+                    for name, sub in v.items():
+                        walk(sub, where + "." + name)
+                elif isinstance(v, (dict, list)) and k not in ("example", "examples"):
+                    walk(v, where + "/" + k)
+
+        for rx, item in self.routes:
+            for method, op in item.items():
+                if isinstance(op, dict) and "responses" in op:
+                    for status, spec in op["responses"].items():
+                        walk(self.deref(spec).get("content", {}), "%s %s %s" % (
+                            rx.pattern, method, status))
+        for name, spec in self.components["responses"].items():
+            walk(self.deref(spec).get("content", {}), "responses." + name)
+
+
+def parse_sse(text):
+    """[(event, data)] of a complete event stream."""
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            else:
+                expect(line.startswith(":"), "bad event-stream line", repr(line))
+        out.append((name, "\n".join(data)))
+    return out
+
+
+API = None  # the OpenApi every Daemon.request validates against (set in main)
 
 
 class Daemon:
@@ -77,7 +225,14 @@ class Daemon:
             raise AssertionError("daemon printed nothing in %.0f s" % timeout)
         return box[0]
 
-    def request(self, method, path, body=None, headers=None, chunked=False, timeout=30):
+    def request(self, method, path, body=None, headers=None, chunked=False, timeout=30,
+                validate=True):
+        status, hdrs, data = self._request(method, path, body, headers, chunked, timeout)
+        if validate and API is not None:
+            API.validate(method, path, status, hdrs, data)
+        return status, hdrs, data
+
+    def _request(self, method, path, body=None, headers=None, chunked=False, timeout=30):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             if isinstance(body, (dict, list)):
@@ -196,7 +351,9 @@ def check_metrics_format(d):
             "ralud_request_duration_seconds": "histogram", "ralud_queue_depth": "gauge",
             "ralud_inflight_jobs": "gauge", "ralud_queue_time_seconds": "histogram",
             "ralud_jobs_total": "counter", "ralud_stage_duration_seconds": "histogram",
-            "ralud_step_duration_seconds": "histogram", "ralud_images_total": "counter"}
+            "ralud_step_duration_seconds": "histogram", "ralud_images_total": "counter",
+            "ralud_cache_hits_total": "counter", "ralud_cancellations_total": "counter",
+            "ralud_batch_size": "histogram"}
     for name, typ in want.items():
         expect(types.get(name) == typ, "family", name, typ, types.get(name))
     info = [s for s in samples if s[0] == "ralud_build_info"]
@@ -231,6 +388,16 @@ def check_404_405(d):
     status, hdrs, doc = d.json("POST", "/healthz", body="{}")
     expect_error(status, doc, 405, "method_not_allowed")
     expect(hdrs.get("allow") == "GET, HEAD", "Allow on /healthz", hdrs.get("allow"))
+    status, hdrs, doc = d.json("PUT", "/v1/jobs/abc")
+    expect_error(status, doc, 405, "method_not_allowed")
+    expect(hdrs.get("allow") == "GET, HEAD, DELETE", "Allow on /v1/jobs/{id}", hdrs.get("allow"))
+    status, _, doc = d.json("GET", "/v1/images/generations")
+    expect_error(status, doc, 405, "method_not_allowed")
+    for path in ("/v1/jobs/job_nope", "/v1/jobs/job_nope/events", "/v1/jobs/", "/v1/jobsx"):
+        status, _, doc = d.json("GET", path)
+        expect_error(status, doc, 404, "not_found")
+    status, _, doc = d.json("DELETE", "/v1/jobs/job_nope")
+    expect_error(status, doc, 404, "not_found")
 
 
 BAD_BODIES = [
@@ -262,6 +429,20 @@ BAD_BODIES = [
     ("response_format value", {"prompt": "p", "response_format": "jpeg"}, "response_format"),
     ("response_format png with n 2", {"prompt": "p", "n": 2, "response_format": "png"},
      "response_format"),
+    ("ralu with steps", {"prompt": "p", "ralu": "4x", "steps": 10}, "steps"),
+    ("ralu width not /32", {"prompt": "p", "ralu": "4x", "width": 80}, "width"),
+    ("ralu unknown family prefix", {"prompt": "p", "ralu": "flux-2x"}, "ralu"),
+    ("ralu N too many steps", {"prompt": "p", "ralu": {"N": [50, 50, 1], "e": [0.3, 0.6],
+                                                       "r": 0.3}}, "ralu.N"),
+    ("cache none with params", {"prompt": "p", "cache": {"method": "none",
+                                                         "params": {"warmup": 1}}},
+     "cache.params.warmup"),
+    ("cache threshold range", {"prompt": "p", "cache": {"method": "fbcache",
+                                                        "params": {"threshold": 2}}},
+     "cache.params.threshold"),
+    ("cache max_skip on fbcache", {"prompt": "p", "cache": {"method": "fbcache",
+                                                            "params": {"max_skip": 1}}},
+     "cache.params.max_skip"),
 ]
 
 
@@ -286,15 +467,40 @@ def check_valid_generate_is_honest_503(d):
         expect("no model loaded" in doc["error"]["message"], "honest message", doc)
 
 
-def check_ralu_and_cache_are_honest_422(d):
-    """Valid RALU / cache requests: not wired yet, so 422 naming the field."""
-    for body, field in [({"prompt": "p", "ralu": "flux-4x"}, "ralu"),
-                        ({"prompt": "p", "ralu": {"N": [2, 3, 5], "e": [0.2, 0.3], "r": 0.2}},
-                         "ralu"),
-                        ({"prompt": "p", "cache": {"method": "teacache",
-                                                   "params": {"rel_l1_thresh": 0.4}}}, "cache")]:
+def check_ralu_and_cache_are_valid(d):
+    """Valid RALU / cache requests pass validation (and meet the missing model)."""
+    for body in [{"prompt": "p", "ralu": "flux-4x"}, {"prompt": "p", "ralu": "2x"},
+                 {"prompt": "p", "ralu": {"N": [2, 3, 5], "e": [0.2, 0.3], "r": 0.2}},
+                 {"prompt": "p", "cache": {"method": "teacache", "params": {"threshold": 0.4,
+                                                                            "max_skip": 2}}},
+                 {"prompt": "p", "cache": {"method": "taylorseer",
+                                           "params": {"interval": 4, "order": 2, "warmup": 1}}},
+                 {"prompt": "p", "cache": {"method": "none"}}]:
         status, _, doc = d.json("POST", "/generate", body=body)
-        expect_error(status, doc, 422, "unsupported", field)
+        expect_error(status, doc, 503, "unavailable")
+
+
+def check_other_endpoints_without_model(d):
+    status, _, doc = d.json("GET", "/v1/models")
+    expect(status == 200 and doc == {"object": "list", "data": []}, "no models", doc)
+    status, _, doc = d.json("POST", "/v1/images/generations", body={"prompt": "p"})
+    expect_error(status, doc, 503, "unavailable")
+    status, _, doc = d.json("POST", "/v1/jobs", body={"prompt": "p"})
+    expect_error(status, doc, 503, "unavailable")
+    status, _, doc = d.json("POST", "/v1/jobs", body={"prompt": "p", "steps": 0})
+    expect_error(status, doc, 400, "invalid_argument", "steps")
+    status, _, doc = d.json("POST", "/v1/jobs", body={"prompt": "p", "response_format": "png"})
+    expect_error(status, doc, 400, "invalid_argument", "response_format")
+    for body, field in [({"prompt": "p", "size": "512"}, "size"),
+                        ({"prompt": "p", "size": "500x512"}, "size"),
+                        ({"prompt": "p", "size": "512x4096"}, "size"),
+                        ({"prompt": "p", "n": 9}, "n"),
+                        ({"prompt": "p", "response_format": "url"}, "response_format"),
+                        ({"prompt": "p", "model": "dall-e-3"}, "model"),
+                        ({"prompt": "p", "quality": "hd"}, "quality"),
+                        ({"size": "64x64"}, "prompt")]:
+        status, _, doc = d.json("POST", "/v1/images/generations", body=body)
+        expect_error(status, doc, 400, "invalid_argument", field)
 
 
 def check_413(exe):
@@ -326,6 +532,11 @@ def check_401(exe):
         status, _, doc = d.json("POST", "/generate", body=good,
                                 headers={"Authorization": "Bearer s3cret"})
         expect_error(status, doc, 503, "unavailable")  # past auth: no model in this build
+        for method, path in [("POST", "/v1/jobs"), ("GET", "/v1/jobs/job_x"),
+                             ("DELETE", "/v1/jobs/job_x"), ("GET", "/v1/jobs/job_x/events"),
+                             ("POST", "/v1/images/generations"), ("GET", "/v1/models")]:
+            status, _, doc = d.json(method, path, body=good if method == "POST" else None)
+            expect_error(status, doc, 401, "unauthenticated")
         status, _, _ = d.json("GET", "/healthz")
         expect(status == 200, "probes need no token", status)
         status, _, _ = d.request("GET", "/metrics")
@@ -359,7 +570,7 @@ def check_fake_generate_roundtrip(exe):
         status, hdrs, doc = d.json("POST", "/v1/generate", body={"prompt": "p", "steps": 3,
                                                                  "seed": 7},
                                    headers={"X-Request-Id": "rt-1"})
-        expect(status == 200 and doc.get("fake") is True, "fake generation", status, doc)
+        expect(status == 200 and doc.get("steps") == 3, "fake generation", status, doc)
         expect(doc["request_id"] == "rt-1" and doc["seed"] == 7, "job saw the request", doc)
         expect(hdrs.get("x-request-id") == "rt-1", "id echoed after resume", hdrs)
         expect(d.stop() == 0, "exit status")
@@ -388,7 +599,7 @@ def wait_metric(d, name, want, timeout=5.0):
     raise AssertionError("%s never reached %s" % (name, want))
 
 
-def check_fake_queue_full_gets_503_retry_after(exe):
+def check_fake_queue_full_gets_429_retry_after(exe):
     d = Daemon(exe, "--workers", "1", "--queue-depth", "1", "--retry-after-s", "7",
                env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
     try:
@@ -398,8 +609,11 @@ def check_fake_queue_full_gets_503_retry_after(exe):
         t2 = post_in_thread(d, {"prompt": "p", "steps": 1}, results, "queued")
         wait_metric(d, "ralud_queue_depth", 1.0)
         status, hdrs, doc = d.json("POST", "/generate", body={"prompt": "p", "steps": 1})
-        expect_error(status, doc, 503, "queue_full")
+        expect_error(status, doc, 429, "queue_full")
         expect(hdrs.get("retry-after") == "7", "Retry-After", hdrs)
+        status, hdrs, doc = d.json("POST", "/v1/jobs", body={"prompt": "p", "steps": 1})
+        expect_error(status, doc, 429, "queue_full")
+        expect(hdrs.get("retry-after") == "7", "Retry-After on /v1/jobs", hdrs)
         t1.join(30)
         t2.join(30)
         for key in ("running", "queued"):
@@ -491,9 +705,9 @@ def check_fake_second_signal_cancels(exe):
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 SEED_MAX = 2 ** 53 - 1
 TIMING_KEYS = {"queue_ms", "tokenize_ms", "encode_ms", "denoise_ms", "step_ms", "vae_ms",
-               "png_ms", "total_ms"}
-RESPONSE_KEYS = {"request_id", "seed", "width", "height", "images", "timings", "nfe", "flops",
-                 "cache_hits"}
+               "png_ms", "total_ms", "ralu"}
+RESPONSE_KEYS = {"request_id", "seed", "width", "height", "steps", "images", "timings", "nfe",
+                 "flops", "cache", "ralu"}
 STAGES = ("tokenize", "encode", "denoise", "vae", "png")
 
 
@@ -593,12 +807,18 @@ def check_model_json(d, fam, png42):
     t = doc["timings"]
     expect(set(t) == TIMING_KEYS, "timing keys", sorted(t))
     expect(len(t["encode_ms"]) == n_enc and len(t["step_ms"]) == 4, "timing arrays", t)
-    nums = [t[k] for k in TIMING_KEYS - {"encode_ms", "step_ms"}] + t["encode_ms"] + t["step_ms"]
+    nums = [t[k] for k in TIMING_KEYS - {"encode_ms", "step_ms", "ralu"}] + t["encode_ms"] + \
+        t["step_ms"]
+    expect(t["ralu"] is None and doc["ralu"] is None, "no RALU", t["ralu"], doc["ralu"])
     expect(all(isinstance(x, (int, float)) and x >= 0 for x in nums), "timings >= 0", t)
     expect(t["denoise_ms"] > 0 and t["total_ms"] >= t["denoise_ms"], "timing sums", t)
     cfg = 1 if fam == "flux" else 2  # SD3 runs CFG (guidance 7 > 1): two forwards per step
-    expect(doc["nfe"] == 4 * cfg and doc["flops"] > 0 and doc["cache_hits"] == 0, "nfe/flops",
-           doc["nfe"], doc["flops"], doc["cache_hits"])
+    expect(doc["nfe"] == 4 * cfg and doc["steps"] == 4, "nfe/steps", doc["nfe"], doc["steps"])
+    fl = doc["flops"]
+    expect(fl["transformer"] > 0 and fl["vae"] > 0 and fl["total"] == fl["transformer"] + fl["vae"],
+           "flops: transformer + vae", fl)
+    expect(doc["cache"] == {"method": "none", "hits": [0], "computed": doc["cache"]["computed"]},
+           "no cache", doc["cache"])
     # n = 2: two different images, seeds seed and seed + 1.
     status, _, doc = d.json("POST", "/generate", body=dict(body, n=2, seed=SEED_MAX - 1))
     expect(status == 200 and len(doc["images"]) == 2 and doc["seed"] == SEED_MAX - 1, "n=2", doc)
@@ -651,7 +871,12 @@ def check_model_burst_of_8(d):
 
 def check_model_metrics(d):
     stages = {s[1]["stage"]: s[2] for s in samples_of(d, "ralud_stage_duration_seconds_count")}
-    expect(set(stages) == set(STAGES) and min(stages.values()) >= 1, "stage histograms", stages)
+    ralu_stages = {"ralu_stage1", "ralu_stage2", "ralu_stage3", "ralu_edge_decode", "ralu_canny",
+                   "ralu_renoise"}
+    expect(set(stages) == set(STAGES) | ralu_stages and min(stages.values()) >= 1,
+           "stage histograms", stages)
+    expect(all(stages[k] < stages["denoise"] for k in ralu_stages), "RALU stages only for RALU",
+           stages)
     steps = samples_of(d, "ralud_step_duration_seconds_count")
     expect(len(steps) == 1 and steps[0][2] >= 4, "step histogram", steps)
     queue = samples_of(d, "ralud_queue_time_seconds_count")
@@ -696,6 +921,516 @@ def check_model_drain_timeout_cancels_mid_denoise(exe, models):
         d.kill()
 
 
+# ---- the contract itself ----
+
+def check_openapi_lint_and_validator_catch_mistakes():
+    """The contract is strict (required + additionalProperties: false on every
+    response object), and the validator rejects malformed responses, so the
+    validation of every other check can fail."""
+    API.lint()
+    import copy
+    loose = copy.deepcopy(API)
+    del loose.components["schemas"]["Job"]["additionalProperties"]
+    try:
+        loose.lint()
+        raise AssertionError("lint accepted a schema without additionalProperties: false")
+    except AssertionError as e:
+        expect("additionalProperties" in str(e), "lint message", e)
+    good = {"id": "job_1", "status": "queued", "request_id": "r", "created": 1.0,
+            "started": None, "completed": None, "queue_position": 0, "progress": None,
+            "result": None, "error": None}
+    hdrs = {"content-type": "application/json"}
+    API.validate("POST", "/v1/jobs", 202, hdrs, json.dumps(good).encode())
+    bad_cases = [
+        ("extra key", "POST", "/v1/jobs", 202, dict(good, extra=1)),
+        ("missing key", "POST", "/v1/jobs", 202, {k: v for k, v in good.items() if k != "id"}),
+        ("wrong type", "POST", "/v1/jobs", 202, dict(good, queue_position="0")),
+        ("bad enum", "GET", "/v1/jobs/job_1", 200, dict(good, status="done")),
+        ("undeclared status", "GET", "/v1/jobs/job_1", 418, {"error": {"code": "internal",
+                                                                       "message": "x"}}),
+        ("error without message", "GET", "/nope", 404, {"error": {"code": "not_found"}}),
+        ("health extra", "GET", "/healthz", 200, {"status": "ok", "x": 1}),
+    ]
+    for what, method, path, status, body in bad_cases:
+        try:
+            API.validate(method, path, status, hdrs, json.dumps(body).encode())
+        except AssertionError:
+            continue
+        raise AssertionError("malformed response passed validation: " + what)
+    sse = b'event: status\ndata: {"id":"j","status":"queued","queue_position":0,"x":1}\n\n'
+    try:
+        API.validate("GET", "/v1/jobs/j/events", 200, {"content-type": "text/event-stream"}, sse)
+        raise AssertionError("malformed event passed validation")
+    except AssertionError as e:
+        expect("does not match" in str(e), "event validation", e)
+
+
+# ---- async jobs, cancellation, disconnects and bursts (fake back end) ----
+
+def wait_job(d, job_id, statuses=("succeeded", "failed", "cancelled"), timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, _, doc = d.json("GET", "/v1/jobs/" + job_id)
+        expect(status == 200, "GET job", status, doc)
+        if doc["status"] in statuses:
+            return doc
+        time.sleep(0.02)
+    raise AssertionError("job %s never reached %s" % (job_id, statuses))
+
+
+def metric_value(d, name, **labels):
+    return sum(s[2] for s in samples_of(d, name)
+               if all(s[1].get(k) == v for k, v in labels.items()))
+
+
+def check_fake_jobs_lifecycle(exe):
+    d = Daemon(exe, "--workers", "1", env={"RALUD_FAKE_STEP_MS": "50"}).await_ready()
+    try:
+        status, hdrs, a = d.json("POST", "/v1/jobs", body={"prompt": "a", "steps": 40, "seed": 5},
+                                 headers={"X-Request-Id": "job-a"})
+        expect(status == 202 and a["status"] in ("queued", "running"), "submit", status, a)
+        expect(hdrs.get("location") == "/v1/jobs/" + a["id"], "Location", hdrs)
+        expect(a["request_id"] == "job-a" and a["result"] is None, "job record", a)
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        status, _, b = d.json("POST", "/v1/jobs", body={"prompt": "b", "steps": 1})
+        expect(status == 202 and b["status"] == "queued" and b["queue_position"] == 0,
+               "second job queued at position 0", b)
+        status, _, c = d.json("POST", "/v1/jobs", body={"prompt": "c", "steps": 1})
+        expect(c["queue_position"] == 1, "third job at position 1", c)
+        # Cancel the queued one: it never runs; c moves up.
+        status, _, doc = d.json("DELETE", "/v1/jobs/" + b["id"])
+        expect(status == 200 and doc["status"] == "cancelled", "cancel queued", status, doc)
+        status, _, doc = d.json("GET", "/v1/jobs/" + c["id"])
+        expect(doc["queue_position"] == 0, "c moved up", doc)
+        doc = wait_job(d, b["id"])
+        expect(doc["status"] == "cancelled" and doc["started"] is None and
+               doc["error"]["code"] == "cancelled", "queued job never ran", doc)
+        status, _, doc = d.json("DELETE", "/v1/jobs/" + b["id"])
+        expect(status == 200 and doc["status"] == "cancelled", "second DELETE is a no-op", doc)
+        # Cancel the running one: it stops between steps.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            status, _, doc = d.json("GET", "/v1/jobs/" + a["id"])
+            if doc["progress"]:
+                break
+            time.sleep(0.01)
+        expect(doc["status"] == "running" and doc["progress"]["stage"] == "denoise" and
+               doc["progress"]["total"] == 40, "running with progress", doc)
+        t0 = time.time()
+        status, _, doc = d.json("DELETE", "/v1/jobs/" + a["id"])
+        expect(status == 202 and doc["status"] == "cancelling", "cancel running", status, doc)
+        doc = wait_job(d, a["id"])
+        expect(time.time() - t0 < 1.0, "stopped within a step or so", time.time() - t0)
+        m = re.search(r"cancelled after (\d+) of 40 steps", doc["error"]["message"])
+        expect(doc["status"] == "cancelled" and m and int(m.group(1)) < 40, "cancelled mid-run",
+               doc)
+        # c runs and succeeds; its result is the GenerateResponse.
+        doc = wait_job(d, c["id"])
+        expect(doc["status"] == "succeeded" and doc["result"]["steps"] == 1 and
+               doc["started"] >= doc["created"] and doc["completed"] >= doc["started"],
+               "succeeded with result", doc)
+        status, _, doc = d.json("DELETE", "/v1/jobs/" + c["id"])
+        expect_error(status, doc, 409, "conflict")
+        expect(metric_value(d, "ralud_cancellations_total", reason="delete") == 2,
+               "cancellations counted")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
+def check_fake_job_events(exe):
+    d = Daemon(exe, "--workers", "1", env={"RALUD_FAKE_STEP_MS": "20"}).await_ready()
+    try:
+        _, _, a = d.json("POST", "/v1/jobs", body={"prompt": "a", "steps": 10})
+        _, _, b = d.json("POST", "/v1/jobs", body={"prompt": "b", "steps": 5})
+        status, hdrs, data = d.request("GET", "/v1/jobs/%s/events" % b["id"], timeout=20)
+        expect(status == 200 and hdrs.get("content-type") == "text/event-stream", "SSE",
+               status, hdrs)
+        events = [(n, json.loads(x)) for n, x in parse_sse(data.decode())]
+        names = [n for n, _ in events]
+        expect(names[0] == "status" and events[0][1]["status"] == "queued", "first: queued",
+               events[:2])
+        expect(names[-1] == "done" and events[-1][1]["status"] == "succeeded", "last: done",
+               events[-1])
+        expect(names.count("done") == 1, "exactly one final event", names)
+        steps = [e["step"] for n, e in events if n == "progress"]
+        expect(steps == list(range(1, 6)), "every step reported in order", steps)
+        running = [i for i, (n, e) in enumerate(events) if n == "status" and
+                   e["status"] == "running"]
+        expect(running and running[0] < names.index("progress"), "running before progress",
+               names)
+        # A finished job: status + done at once.
+        status, _, data = d.request("GET", "/v1/jobs/%s/events" % a["id"])
+        expect([n for n, _ in parse_sse(data.decode())] == ["status", "done"],
+               "finished job stream", data)
+        # A cancelled job's stream ends with done/cancelled.
+        _, _, c = d.json("POST", "/v1/jobs", body={"prompt": "c", "steps": 100})
+        box = {}
+        t = threading.Thread(target=lambda: box.update(
+            r=d.request("GET", "/v1/jobs/%s/events" % c["id"], timeout=20)))
+        t.start()
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        time.sleep(0.1)
+        d.json("DELETE", "/v1/jobs/" + c["id"])
+        t.join(10)
+        ev = parse_sse(box["r"][2].decode())
+        last = json.loads(ev[-1][1])
+        expect(ev[-1][0] == "done" and last["status"] == "cancelled" and
+               last["error"]["code"] == "cancelled", "stream of a cancelled job", ev[-2:])
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
+def check_fake_finished_jobs_expire_410(exe):
+    d = Daemon(exe, "--job-ttl-s", "1", env={"RALUD_FAKE_STEP_MS": "1"}).await_ready()
+    try:
+        _, _, a = d.json("POST", "/v1/jobs", body={"prompt": "a", "steps": 1})
+        wait_job(d, a["id"])
+        time.sleep(1.2)
+        for method, path in [("GET", "/v1/jobs/" + a["id"]), ("DELETE", "/v1/jobs/" + a["id"]),
+                             ("GET", "/v1/jobs/%s/events" % a["id"])]:
+            status, _, doc = d.json(method, path)
+            expect_error(status, doc, 410, "gone")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+    # A budget too small for any result: evicted as soon as it finishes.
+    d = Daemon(exe, "--job-store-bytes", "0", env={"RALUD_FAKE_STEP_MS": "1"}).await_ready()
+    try:
+        _, _, a = d.json("POST", "/v1/jobs", body={"prompt": "a", "steps": 1})
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            status, _, doc = d.json("GET", "/v1/jobs/" + a["id"])
+            if status == 410:
+                break
+            expect(status == 200 and doc["status"] in ("queued", "running"), "in flight", doc)
+            time.sleep(0.01)
+        expect_error(status, doc, 410, "gone")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
+def raw_post(port, body):
+    """A POST /generate on a raw socket, to hang up on it mid-request."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return s
+
+
+def check_fake_sigterm_drains_async_jobs(exe):
+    """Queued and running async jobs finish during the drain; new ones are refused."""
+    d = Daemon(exe, "--workers", "1", "--drain-timeout-s", "20",
+               env={"RALUD_FAKE_STEP_MS": "30"}).await_ready()
+    try:
+        ids = [d.json("POST", "/v1/jobs", body={"prompt": "p%d" % i, "steps": 10})[2]["id"]
+               for i in range(2)]
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(20)
+        expect(rc == 0, "exit status after drain", rc)
+        log = "".join(d.stderr_lines)
+        for job_id in ids:
+            expect(re.search(r"job=%s req=\S+ succeeded" % job_id, log), "drained", job_id,
+                   log[-1500:])
+    finally:
+        d.kill()
+
+
+def check_fake_disconnect_cancels_queued_and_running(exe):
+    d = Daemon(exe, "--workers", "1", env={"RALUD_FAKE_STEP_MS": "200"}).await_ready()
+    try:
+        running = raw_post(d.port, {"prompt": "r", "steps": 100})
+        wait_metric(d, "ralud_inflight_jobs", 1.0)
+        queued = raw_post(d.port, {"prompt": "q", "steps": 100})
+        wait_metric(d, "ralud_queue_depth", 1.0)
+        queued.close()
+        wait_metric(d, "ralud_queue_depth", 0.0, timeout=2)
+        expect(metric_value(d, "ralud_inflight_jobs") == 1, "the running job is untouched")
+        t0 = time.time()
+        running.close()
+        wait_metric(d, "ralud_inflight_jobs", 0.0, timeout=2)
+        # 200 ms steps: gone within one step (plus the /metrics polling).
+        expect(time.time() - t0 < 0.4, "cancelled within a step", time.time() - t0)
+        expect(metric_value(d, "ralud_cancellations_total", reason="client_gone") == 2,
+               "two disconnects counted")
+        expect(metric_value(d, "ralud_jobs_total", result="cancelled") == 2, "two cancelled")
+        expect(d.stop() == 0, "exit status")
+        expect("client disconnected" in "".join(d.stderr_lines), "logged")
+    finally:
+        d.kill()
+
+
+def burst(d, n, body_fn, path="/generate"):
+    results = {}
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        try:
+            barrier.wait(10)
+            results.setdefault(i, []).append(d.json("POST", path, body=body_fn(i),
+                                                    headers={"X-Request-Id": "burst-%d" % i},
+                                                    timeout=60))
+        except Exception as e:
+            results.setdefault(i, []).append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    expect(sorted(results) == list(range(n)), "every client finished", sorted(results))
+    for i in range(n):
+        expect(len(results[i]) == 1 and isinstance(results[i][0], tuple),
+               "client %d answered exactly once" % i, results[i])
+    return {i: results[i][0] for i in range(n)}
+
+
+def check_fake_burst_of_32(exe):
+    d = Daemon(exe, "--workers", "2", "--queue-depth", "64",
+               env={"RALUD_FAKE_STEP_MS": "5"}).await_ready()
+    try:
+        gen_before = metric_value(d, "ralud_request_duration_seconds_count", route="generate")
+        res = burst(d, 32, lambda i: {"prompt": "p%d" % i, "steps": 3, "seed": i})
+        for i, (status, hdrs, doc) in res.items():
+            expect(status == 200 and doc["seed"] == i and doc["request_id"] == "burst-%d" % i
+                   and hdrs.get("x-request-id") == "burst-%d" % i, "own answer", i, doc)
+        expect(metric_value(d, "ralud_request_duration_seconds_count", route="generate") -
+               gen_before == 32, "32 answers counted")
+        expect(metric_value(d, "ralud_jobs_total", result="done") == 32, "32 jobs ran")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
+def check_fake_burst_of_48_over_capacity_429(exe):
+    d = Daemon(exe, "--workers", "1", "--queue-depth", "4", "--retry-after-s", "3",
+               env={"RALUD_FAKE_STEP_MS": "20"}).await_ready()
+    try:
+        res = burst(d, 48, lambda i: {"prompt": "p%d" % i, "steps": 5, "seed": i})
+        ok = [i for i, r in res.items() if r[0] == 200]
+        busy = [i for i, r in res.items() if r[0] == 429]
+        expect(len(ok) + len(busy) == 48, "every answer is 200 or 429",
+               {i: r[0] for i, r in res.items()})
+        expect(len(ok) >= 5 and busy, "some served, some turned away", len(ok), len(busy))
+        for i in busy:
+            expect_error(res[i][0], res[i][2], 429, "queue_full")
+            expect(res[i][1].get("retry-after") == "3", "Retry-After", res[i][1])
+        for i in ok:
+            expect(res[i][2]["seed"] == i, "own answer", i)
+        expect(metric_value(d, "ralud_jobs_total", result="done") == len(ok), "jobs == 200s")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
+# ---- the real pipeline: RALU, cache, OpenAI, jobs, cancellation ----
+
+def check_model_ralu(d):
+    for ralu, preset in [("4x", "flux-4x"), ("flux-7x", "flux-7x")]:
+        status, h, doc = d.json("POST", "/generate", body={"prompt": "p", "width": 64,
+                                                           "height": 64, "ralu": ralu,
+                                                           "seed": 3})
+        expect(status == 200, "RALU " + ralu, status, doc)
+        r = doc["ralu"]
+        expect(r["preset"] == preset and doc["steps"] == sum(r["N"]) and r["e"][2] == 1,
+               "resolved preset", r)
+        expect(len(doc["timings"]["step_ms"]) == doc["steps"], "one step_ms per step",
+               doc["timings"])
+        rt = doc["timings"]["ralu"]
+        expect(len(rt["stage_ms"]) == 3 and min(rt["stage_ms"]) > 0, "RALU timings", rt)
+        expect(len(doc["cache"]["hits"]) == 3, "cache report per stage", doc["cache"])
+        timing = h.get("server-timing", "")
+        for stage in ("stage1", "stage2", "stage3", "edge_decode", "canny", "renoise"):
+            expect(re.search(r"(^|, )%s;dur=[0-9.]+(,|$)" % stage, timing), "Server-Timing",
+                   stage, timing)
+    body = {"prompt": "p", "width": 64, "height": 64, "seed": 3,
+            "ralu": {"N": [1, 1, 2], "e": [0.3, 0.6], "r": 0.5}}
+    status, _, doc = d.json("POST", "/generate", body=body)
+    expect(status == 200 and doc["ralu"]["preset"] is None and doc["ralu"]["N"] == [1, 1, 2]
+           and doc["steps"] == 4 and doc["ralu"]["Z"] >= 2, "explicit stages", doc.get("ralu"))
+    status, _, doc2 = d.json("POST", "/generate", body=body)
+    expect(doc2["images"] == doc["images"], "RALU is deterministic for a seed")
+    for bad in ("2x", "sd3-3x"):
+        status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "ralu": bad})
+        expect_error(status, doc, 400, "invalid_argument", "ralu")
+
+
+def check_model_sd3_ralu(d):
+    status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "ralu": "4x"})
+    expect_error(status, doc, 400, "invalid_argument", "ralu")
+    status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "ralu": "2x", "width": 64,
+                                                       "height": 64, "seed": 1})
+    expect(status == 200 and doc["ralu"]["preset"] == "sd3-2x", "SD3 preset served", status,
+           doc.get("ralu"))
+
+
+def check_model_cache(d):
+    hits_before = metric_value(d, "ralud_cache_hits_total")
+    total_hits = 0
+    for cache in ({"method": "teacache", "params": {"threshold": 0.6, "max_skip": 2}},
+                  {"method": "fbcache"},
+                  {"method": "taylorseer", "params": {"interval": 2, "order": 1, "warmup": 1}},
+                  {"method": "none"}):
+        status, _, doc = d.json("POST", "/generate", body={"prompt": "p", "width": 64,
+                                                           "height": 64, "steps": 8, "seed": 4,
+                                                           "cache": cache})
+        c = doc.get("cache", {})
+        expect(status == 200 and c["method"] == cache["method"], "cache served", status, c)
+        expect(c["hits"][0] + c["computed"][0] == 8 or cache["method"] == "none",
+               "every step is a hit or computed", c)
+        total_hits += c["hits"][0]
+        if cache["method"] == "taylorseer":  # a full step every 2 after 1 warm-up step
+            expect(c["hits"][0] >= 3, "TaylorSeer forecasts", c)
+        if cache["method"] == "none":
+            expect(c["hits"] == [0], "no cache, no hits", c)
+    expect(metric_value(d, "ralud_cache_hits_total") - hits_before == total_hits,
+           "cache hits counted", total_hits)
+    # With RALU: one entry per stage.
+    status, _, doc = d.json("POST", "/generate", body={
+        "prompt": "p", "width": 64, "height": 64, "ralu": "4x", "seed": 4,
+        "cache": {"method": "taylorseer", "params": {"interval": 2}}})
+    c = doc["cache"]
+    expect(status == 200 and len(c["hits"]) == 3 and
+           [h + k for h, k in zip(c["hits"], c["computed"])] == doc["ralu"]["N"],
+           "per-stage cache report", c, doc.get("ralu"))
+
+
+def check_model_openai(d):
+    status, _, doc = d.json("GET", "/v1/models")
+    expect(status == 200 and [m["id"] for m in doc["data"]] == ["tiny-flux"], "models", doc)
+    status, h, doc = d.json("POST", "/v1/images/generations",
+                            body={"prompt": "a red circle", "size": "64x64", "n": 2,
+                                  "model": "tiny-flux", "response_format": "b64_json",
+                                  "user": "u", "seed": 11, "steps": 2})
+    expect(status == 200 and len(doc["data"]) == 2, "two images", status, doc)
+    pngs = [base64.b64decode(x["b64_json"], validate=True) for x in doc["data"]]
+    expect([png_info(p)[:2] for p in pngs] == [(64, 64)] * 2 and pngs[0] != pngs[1],
+           "64x64 PNGs, different seeds")
+    expect(png_info(pngs[0])[2]["seed"] == "11", "seed extension honoured")
+    status, _, ref = d.json("POST", "/generate", body={"prompt": "a red circle", "width": 64,
+                                                       "height": 64, "n": 2, "seed": 11,
+                                                       "steps": 2})
+    expect([x["b64_json"] for x in doc["data"]] == ref["images"],
+           "same images as /generate with the same parameters")
+    status, _, doc = d.json("POST", "/v1/images/generations",
+                            body={"prompt": "p", "model": "dall-e-3"})
+    expect_error(status, doc, 400, "invalid_argument", "model")
+
+
+def check_model_async_job(d):
+    status, _, job = d.json("POST", "/v1/jobs", body={"prompt": "p", "width": 64, "height": 64,
+                                                      "steps": 6, "seed": 8})
+    expect(status == 202, "submit", status, job)
+    status, _, data = d.request("GET", "/v1/jobs/%s/events" % job["id"], timeout=60)
+    events = [(n, json.loads(x)) for n, x in parse_sse(data.decode())]
+    steps = [e["step"] for n, e in events if n == "progress" and e["stage"] == "denoise"]
+    expect(steps and steps[-1] == 6 and steps == sorted(steps), "denoise progress", events)
+    expect(events[-1][0] == "done" and events[-1][1]["status"] == "succeeded", "done", events[-1])
+    status, _, doc = d.json("GET", "/v1/jobs/" + job["id"])
+    res = doc["result"]
+    expect(doc["status"] == "succeeded" and res["seed"] == 8 and len(res["images"]) == 1,
+           "result", doc["status"])
+    status, _, ref = d.json("POST", "/generate", body={"prompt": "p", "width": 64, "height": 64,
+                                                       "steps": 6, "seed": 8})
+    expect(ref["images"] == res["images"], "async result equals the synchronous one")
+
+
+def check_model_cancel_running(d):
+    status, _, job = d.json("POST", "/v1/jobs", body={"prompt": "p", "width": 256,
+                                                      "height": 256, "steps": 100})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        _, _, doc = d.json("GET", "/v1/jobs/" + job["id"])
+        if doc["progress"] and doc["progress"]["stage"] == "denoise" and \
+                doc["progress"]["step"] >= 1:
+            break
+        time.sleep(0.01)
+    expect(doc["status"] == "running" and doc["progress"]["step"] < 50, "caught it running",
+           doc)
+    status, _, doc = d.json("DELETE", "/v1/jobs/" + job["id"])
+    expect(status == 202 and doc["status"] == "cancelling", "DELETE running", status, doc)
+    step_at_delete = doc["progress"]["step"]
+    t0 = time.time()
+    doc = wait_job(d, job["id"], timeout=30)
+    waited = time.time() - t0
+    expect(doc["status"] == "cancelled", "cancelled", dict(doc, result=None))
+    m = re.search(r"cancelled after (\d+) of 100 steps", doc["error"]["message"])
+    expect(doc["status"] == "cancelled" and m and int(m.group(1)) < 100, "cancelled", doc)
+    # The step running at the DELETE finishes; the next check of the flag stops it.
+    expect(int(m.group(1)) <= step_at_delete + 1, "stopped within one denoising step",
+           step_at_delete, doc["error"]["message"])
+    expect(waited < 10, "stopped soon after the DELETE", waited)
+
+
+def check_model_disconnect_cancels(d):
+    before = metric_value(d, "ralud_cancellations_total", reason="client_gone")
+    s = raw_post(d.port, {"prompt": "p", "width": 256, "height": 256, "steps": 100})
+    wait_metric(d, "ralud_inflight_jobs", 1.0, timeout=10)
+    s.close()
+    wait_metric(d, "ralud_inflight_jobs", 0.0, timeout=10)
+    expect(metric_value(d, "ralud_cancellations_total", reason="client_gone") == before + 1,
+           "disconnect cancelled the job")
+
+
+
+def check_model_batch_of_4_equals_sequential(exe, models):
+    """Four concurrent same-key requests run as one pipeline_generate_batch
+    call (batch size 4 in the histogram) and give the same PNGs as the same
+    requests one at a time."""
+    d = Daemon(exe, "--model", os.path.join(models, "tiny-flux"), "--workers", "1",
+               "--threads", "2", "--batch-max", "4", "--batch-wait-ms", "400")
+    try:
+        d.await_ready(30)
+
+        def body(i, n=1):
+            return {"prompt": "batch prompt %d" % i, "width": 64, "height": 64, "steps": 3,
+                    "seed": 100 + i, "n": n}
+
+        res = burst(d, 4, body)
+        for i, (status, _, doc) in res.items():
+            expect(status == 200 and doc["seed"] == 100 + i and len(doc["images"]) == 1,
+                   "batched answer %d" % i, status)
+        count = metric_value(d, "ralud_batch_size_count")
+        total = metric_value(d, "ralud_batch_size_sum")
+        le3 = metric_value(d, "ralud_batch_size_bucket", le="3")
+        le4 = metric_value(d, "ralud_batch_size_bucket", le="4")
+        expect(count == 1 and total == 4 and le4 - le3 == 1, "one batch of 4", count, total,
+               le3, le4)
+        for i in range(4):
+            status, _, doc = d.json("POST", "/generate", body=body(i))
+            expect(doc["images"] == res[i][2]["images"], "batched == sequential", i)
+        expect(metric_value(d, "ralud_batch_size_count") == 5 and
+               metric_value(d, "ralud_batch_size_bucket", le="1") == 4, "then 4 alone")
+        # Requests with n = 2 split their images right (the batch holds max(max_n,
+        # batch_max) = 4 images).
+        res = burst(d, 2, lambda i: body(10 + i, n=2))
+        for i in range(2):
+            status, _, doc = d.json("POST", "/generate", body=body(10 + i, n=2))
+            expect(len(doc["images"]) == 2 and doc["images"] == res[i][2]["images"],
+                   "n = 2 in a batch == alone", i)
+        expect(metric_value(d, "ralud_batch_size_bucket", le="2") -
+               metric_value(d, "ralud_batch_size_bucket", le="1") == 1, "one batch of 2")
+        # Different keys are never batched together.
+        ones = metric_value(d, "ralud_batch_size_bucket", le="1")
+        res = burst(d, 2, lambda i: dict(body(i), steps=2 + i))
+        expect(all(r[0] == 200 for r in res.values()), "mixed keys served")
+        expect(metric_value(d, "ralud_batch_size_bucket", le="1") == ones + 2, "mixed keys alone")
+        # Requests with a feature cache run alone (the engine decides per batched forward).
+        ones = metric_value(d, "ralud_batch_size_bucket", le="1")
+        res = burst(d, 2, lambda i: dict(body(20 + i), cache={"method": "teacache"}))
+        expect(all(r[0] == 200 for r in res.values()), "cached requests served",
+               [r[0] for r in res.values()])
+        expect(metric_value(d, "ralud_batch_size_bucket", le="1") == ones + 2, "cached alone")
+        expect(d.stop() == 0, "exit status")
+    finally:
+        d.kill()
+
+
 def run_model_suite(run, exe, models, fam, extra):
     """One daemon on models/tiny-<fam>; every check against it, then SIGTERM."""
     box = {}
@@ -714,9 +1449,16 @@ def run_model_suite(run, exe, models, fam, extra):
             lambda: got.update(png=check_model_png(d, fam)))
         if "png" in got:
             run(fam + "_json_base64_timings_seed", check_model_json, d, fam, got["png"])
+        if fam == "sd3":
+            run(fam + "_ralu_preset_of_other_family_400", check_model_sd3_ralu, d)
         if fam == "flux":
             run(fam + "_400_names_the_field", check_400_names_the_field, d)
-            run(fam + "_ralu_and_cache_422", check_ralu_and_cache_are_honest_422, d)
+            run(fam + "_ralu_preset_stages_and_timings", check_model_ralu, d)
+            run(fam + "_cache_request_served", check_model_cache, d)
+            run(fam + "_openai_images_and_models", check_model_openai, d)
+            run(fam + "_async_job_with_progress_events", check_model_async_job, d)
+            run(fam + "_delete_running_job_stops_within_a_step", check_model_cancel_running, d)
+            run(fam + "_client_disconnect_cancels_job", check_model_disconnect_cancels, d)
             run(fam + "_ralu_off_is_served", check_model_ralu_off_is_served, d)
             run(fam + "_burst_of_8_answered_once", check_model_burst_of_8, d)
             run(fam + "_metrics", check_model_metrics, d)
@@ -758,11 +1500,14 @@ def main():
     ap.add_argument("--ralud", required=True)
     ap.add_argument("--fake", required=True)
     ap.add_argument("--models", required=True, help="tests/data/vectors/models")
+    ap.add_argument("--openapi", required=True, help="openapi.yaml")
     args = ap.parse_args()
 
     failures = 0
     d = None
     t_all = time.time()
+    global API
+    API = OpenApi(args.openapi)
 
     def run(name, fn, *a):
         nonlocal failures
@@ -777,6 +1522,8 @@ def main():
             return False
 
     run.failures = lambda: failures
+    run("openapi_lint_and_validator_catch_mistakes",
+        check_openapi_lint_and_validator_catch_mistakes)
 
     try:
         d = Daemon(args.ralud)
@@ -785,7 +1532,8 @@ def main():
                          ("metrics_format", check_metrics_format),
                          ("404_405", check_404_405),
                          ("400_names_the_field", check_400_names_the_field),
-                         ("ralu_and_cache_are_honest_422", check_ralu_and_cache_are_honest_422),
+                         ("ralu_and_cache_are_valid", check_ralu_and_cache_are_valid),
+                         ("other_endpoints_without_model", check_other_endpoints_without_model),
                          ("valid_generate_is_honest_503", check_valid_generate_is_honest_503)]:
             run(name, fn, d)
         run("sigterm_exits_0", lambda: expect(d.stop() == 0, "exit status", d.proc.returncode))
@@ -802,12 +1550,21 @@ def main():
     run("401_auth_token", check_401, args.ralud)
     run("check_config", check_check_config, args.ralud)
     run("fake_generate_roundtrip", check_fake_generate_roundtrip, args.fake)
-    run("fake_queue_full_503_retry_after", check_fake_queue_full_gets_503_retry_after, args.fake)
+    run("fake_queue_full_429_retry_after", check_fake_queue_full_gets_429_retry_after, args.fake)
     run("fake_sigterm_drains_inflight_job", check_fake_sigterm_drains_inflight_job, args.fake)
     run("fake_drain_timeout_cancels", check_fake_drain_timeout_cancels, args.fake)
     run("fake_long_job_outlives_idle_timeout", check_fake_long_job_outlives_idle_timeout,
         args.fake)
     run("fake_second_signal_cancels", check_fake_second_signal_cancels, args.fake)
+    run("fake_jobs_lifecycle_queued_and_running_cancel", check_fake_jobs_lifecycle, args.fake)
+    run("fake_job_events_stream", check_fake_job_events, args.fake)
+    run("fake_finished_jobs_expire_410", check_fake_finished_jobs_expire_410, args.fake)
+    run("fake_sigterm_drains_async_jobs", check_fake_sigterm_drains_async_jobs, args.fake)
+    run("fake_disconnect_cancels_queued_and_running",
+        check_fake_disconnect_cancels_queued_and_running, args.fake)
+    run("fake_burst_of_32_answered_once", check_fake_burst_of_32, args.fake)
+    run("fake_burst_of_48_over_capacity_429", check_fake_burst_of_48_over_capacity_429,
+        args.fake)
 
     run("bad_model_fails_fast", check_bad_model_fails_fast, args.ralud)
     run("model_that_fails_to_load_exits_1", check_model_that_fails_to_load_exits_1, args.ralud,
@@ -815,6 +1572,8 @@ def main():
     run_model_suite(run, args.ralud, args.models, "flux", ["--workers", "2", "--threads", "1"])
     run_model_suite(run, args.ralud, args.models, "sd3", ["--threads", "2"])
     run("flux_drain_timeout_cancels_mid_denoise", check_model_drain_timeout_cancels_mid_denoise,
+        args.ralud, args.models)
+    run("flux_batch_of_4_equals_sequential", check_model_batch_of_4_equals_sequential,
         args.ralud, args.models)
 
     print("%d failure(s) in %.1fs" % (failures, time.time() - t_all))

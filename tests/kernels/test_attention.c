@@ -631,17 +631,38 @@ static void bias_matches_reference(bool scalar)
     rng_seed(211);
     for (int64_t i = 0; i < B * L; i++)
         m[i] = rng_unit() < 0.6;
-    struct acase k = {.B = B, .Lq = 65, .Lk = L, .H = 2, .D = 16, .amp = 0.5f, .scale = 1.0f,
-                      .kmask = m, .bias_amp = 3.0f};
+    struct acase k = {.B = B,
+                      .Lq = 65,
+                      .Lk = L,
+                      .H = 2,
+                      .D = 16,
+                      .amp = 0.5f,
+                      .scale = 1.0f,
+                      .kmask = m,
+                      .bias_amp = 3.0f};
     check_case(be, &k, 212, TOL);
-    struct acase cb = {.B = B, .Lq = L, .Lk = L, .H = 2, .D = 16, .amp = 1.0f, .scale = 0.25f,
-                       .fused = true, .causal = true, .bias_amp = 2.0f};
+    struct acase cb = {.B = B,
+                       .Lq = L,
+                       .Lk = L,
+                       .H = 2,
+                       .D = 16,
+                       .amp = 1.0f,
+                       .scale = 0.25f,
+                       .fused = true,
+                       .causal = true,
+                       .bias_amp = 2.0f};
     check_case(be, &cb, 213, TOL);
     /* Large bias values (+-1e3) must not overflow the exponentials. The fp32
      * sum score + bias carries an absolute rounding error of ~3e-5 that the
      * double reference does not have, hence the looser bound. */
-    struct acase big = {.B = 1, .Lq = 100, .Lk = 100, .H = 1, .D = 8, .amp = 1.0f,
-                        .scale = 1.0f, .bias_amp = 1000.0f};
+    struct acase big = {.B = 1,
+                        .Lq = 100,
+                        .Lk = 100,
+                        .H = 1,
+                        .D = 8,
+                        .amp = 1.0f,
+                        .scale = 1.0f,
+                        .bias_amp = 1000.0f};
     check_case(be, &big, 214, 1e-4);
     free(m);
     backend_free(be);

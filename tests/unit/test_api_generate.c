@@ -39,7 +39,7 @@ START_TEST(test_api_generate_parse_fills_defaults)
     ck_assert_int_eq(p.steps, 28);
     ck_assert_int_eq(p.n, 1);
     ck_assert(!p.seed_set && !p.guidance_set && !p.ralu_on);
-    ck_assert_int_eq(p.cache, API_CACHE_NONE);
+    ck_assert_int_eq(p.cache.method, CACHE_NONE);
     api_gen_params_fini(&p);
 }
 END_TEST
@@ -50,7 +50,7 @@ START_TEST(test_api_generate_parse_accepts_every_field)
     struct api_field_error e;
     const char *body =
         "{\"prompt\":\"lighthouse\",\"negative_prompt\":\"blur\",\"width\":512,\"height\":768,"
-        "\"steps\":20,\"n\":4,\"seed\":9007199254740991,\"guidance\":3.5,"
+        "\"n\":4,\"seed\":9007199254740991,\"guidance\":3.5,"
         "\"ralu\":{\"N\":[2,3,5],\"e\":[0.2,0.3],\"r\":0.2},"
         "\"cache\":{\"method\":\"taylorseer\",\"params\":{\"interval\":6,\"order\":1,"
         "\"warmup\":3}}}";
@@ -59,7 +59,6 @@ START_TEST(test_api_generate_parse_accepts_every_field)
     ck_assert_str_eq(p.negative_prompt, "blur");
     ck_assert_int_eq(p.width, 512);
     ck_assert_int_eq(p.height, 768);
-    ck_assert_int_eq(p.steps, 20);
     ck_assert_int_eq(p.n, 4);
     ck_assert(p.seed_set);
     ck_assert(p.seed == 9007199254740991LL);
@@ -69,20 +68,35 @@ START_TEST(test_api_generate_parse_accepts_every_field)
     ck_assert_int_eq(p.ralu_N[2], 5);
     ck_assert_double_eq_tol(p.ralu_e[1], 0.3, 1e-12);
     ck_assert_double_eq_tol(p.ralu_r, 0.2, 1e-12);
-    ck_assert_int_eq(p.cache, API_CACHE_TAYLORSEER);
-    ck_assert_int_eq(p.cache_interval, 6);
-    ck_assert_int_eq(p.cache_order, 1);
-    ck_assert_int_eq(p.cache_warmup, 3);
+    ck_assert_int_eq(p.cache.method, CACHE_TAYLORSEER);
+    ck_assert_int_eq(p.cache.interval, 6);
+    ck_assert_int_eq(p.cache.order, 1);
+    ck_assert_int_eq(p.cache.warmup, 3);
     api_gen_params_fini(&p);
 
     const char *preset = "{\"prompt\":\"\",\"ralu\":\"flux-7x\",\"guidance\":0,"
                          "\"cache\":{\"method\":\"teacache\","
-                         "\"params\":{\"rel_l1_thresh\":0.4}}}";
+                         "\"params\":{\"threshold\":0.4,\"max_skip\":2}}}";
     ck_assert_int_eq(parse(preset, &p, &e), ERR_OK);
     ck_assert(p.ralu_on);
     ck_assert_str_eq(p.ralu_preset, "flux-7x");
-    ck_assert_int_eq(p.cache, API_CACHE_TEACACHE);
-    ck_assert_double_eq_tol(p.cache_threshold, 0.4, 1e-12);
+    ck_assert_int_eq(p.ralu_family, API_FAMILY_FLUX);
+    ck_assert_int_eq(p.cache.method, CACHE_TEACACHE);
+    ck_assert_float_eq_tol(p.cache.threshold, 0.4f, 1e-6f);
+    ck_assert_int_eq(p.cache.max_skip, 2);
+    api_gen_params_fini(&p);
+
+    /* Bare preset names carry their family; methods get their defaults. */
+    ck_assert_int_eq(
+        parse("{\"prompt\":\"\",\"ralu\":\"3x\",\"cache\":{\"method\":\"fbcache\"}}", &p, &e),
+        ERR_OK);
+    ck_assert_str_eq(p.ralu_preset, "sd3-3x");
+    ck_assert_int_eq(p.ralu_family, API_FAMILY_SD3);
+    ck_assert_int_eq(p.cache.method, CACHE_FBCACHE);
+    ck_assert_float_eq_tol(p.cache.threshold, 0.08f, 1e-6f);
+    api_gen_params_fini(&p);
+    ck_assert_int_eq(parse("{\"prompt\":\"\",\"cache\":{\"method\":\"none\"}}", &p, &e), ERR_OK);
+    ck_assert_int_eq(p.cache.method, CACHE_NONE);
     api_gen_params_fini(&p);
 
     ck_assert_int_eq(parse("{\"prompt\":\"x\",\"ralu\":\"off\"}", &p, &e), ERR_OK);
@@ -164,8 +178,17 @@ static const struct {
     {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\",\"params\":[]}}", "cache.params"},
     {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\",\"params\":{\"x\":1}}}",
      "cache.params.x"},
-    {"{\"prompt\":\"x\",\"cache\":{\"method\":\"teacache\",\"params\":{\"rel_l1_thresh\":-1}}}",
+    {"{\"prompt\":\"x\",\"cache\":{\"method\":\"teacache\",\"params\":{\"threshold\":-1}}}",
+     "cache.params.threshold"},
+    {"{\"prompt\":\"x\",\"cache\":{\"method\":\"teacache\",\"params\":{\"rel_l1_thresh\":1}}}",
      "cache.params.rel_l1_thresh"},
+    {"{\"prompt\":\"x\",\"cache\":{\"method\":\"none\",\"params\":{\"warmup\":1}}}",
+     "cache.params.warmup"},
+    {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\",\"params\":{\"max_skip\":1}}}",
+     "cache.params.max_skip"},
+    {"{\"prompt\":\"x\",\"ralu\":\"4x\",\"steps\":10}", "steps"},
+    {"{\"prompt\":\"x\",\"ralu\":\"4x\",\"width\":528}", "width"},
+    {"{\"prompt\":\"x\",\"ralu\":\"flux-2x\"}", "ralu"},
     {"{\"prompt\":\"x\",\"cache\":{\"method\":\"taylorseer\",\"params\":{\"order\":1.5}}}",
      "cache.params.order"},
     {"{\"prompt\":\"x\",\"response_format\":\"jpeg\"}", "response_format"},
@@ -268,39 +291,41 @@ START_TEST(test_api_generate_handle_without_backend_is_honest_503)
 }
 END_TEST
 
-START_TEST(test_api_generate_handle_answers_422_for_ralu_and_cache_it_cannot_serve)
+START_TEST(test_api_generate_handle_rejects_ralu_preset_of_the_other_family)
 {
     struct metrics *m = metrics_new();
     struct api_ctx api;
     struct http_resp r;
     static const struct {
-        const char *body, *field;
+        const char *body;
+        int status;
     } cases[] = {
-        {"{\"prompt\":\"x\",\"ralu\":\"flux-4x\"}", "ralu"},
-        {"{\"prompt\":\"x\",\"ralu\":{\"N\":[2,3,5],\"e\":[0.2,0.3],\"r\":0.2}}", "ralu"},
-        {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\"}}", "cache"},
+        {"{\"prompt\":\"x\",\"ralu\":\"sd3-2x\"}", 400},
+        {"{\"prompt\":\"x\",\"ralu\":\"3x\"}", 400},
+        /* FLUX presets, explicit stages and caching pass (to the missing back end). */
+        {"{\"prompt\":\"x\",\"ralu\":\"4x\"}", 503},
+        {"{\"prompt\":\"x\",\"ralu\":\"flux-7x\"}", 503},
+        {"{\"prompt\":\"x\",\"ralu\":{\"N\":[2,3,5],\"e\":[0.2,0.3],\"r\":0.2}}", 503},
+        {"{\"prompt\":\"x\",\"cache\":{\"method\":\"fbcache\"}}", 503},
     };
     api_ctx_init(&api, &cfg, m, NULL, "none");
     api_set_state(&api, API_READY);
+    atomic_store(&api.family, API_FAMILY_FLUX);
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct http_req req = post(cases[i].body);
         http_resp_init(&r);
         ck_assert_int_eq(api_generate_handle(&api, &req, &r), ROUTE_DONE);
-        ck_assert_int_eq(r.status, 422);
-        json_t *j = body_json(&r);
-        json_t *err = json_object_get(j, "error");
-        ck_assert_str_eq(json_string_value(json_object_get(err, "code")), "unsupported");
-        ck_assert_str_eq(json_string_value(json_object_get(err, "field")), cases[i].field);
-        json_decref(j);
+        ck_assert_msg(r.status == cases[i].status, "%s: %d", cases[i].body, r.status);
+        if (r.status == 400) {
+            json_t *j = body_json(&r);
+            json_t *err = json_object_get(j, "error");
+            ck_assert_str_eq(json_string_value(json_object_get(err, "code")), "invalid_argument");
+            ck_assert_str_eq(json_string_value(json_object_get(err, "field")), "ralu");
+            json_decref(j);
+        }
         http_resp_fini(&r);
     }
-    /* "off" is not RALU: it passes (and meets the missing back end). */
-    struct http_req off = post("{\"prompt\":\"x\",\"ralu\":\"off\"}");
-    http_resp_init(&r);
-    ck_assert_int_eq(api_generate_handle(&api, &off, &r), ROUTE_DONE);
-    ck_assert_int_eq(r.status, 503);
-    http_resp_fini(&r);
     metrics_free(m);
 }
 END_TEST
@@ -335,7 +360,7 @@ static struct job *wait_done(struct workers *w)
     return NULL;
 }
 
-START_TEST(test_api_generate_handle_submits_job_then_503_when_queue_full)
+START_TEST(test_api_generate_handle_submits_job_then_429_when_queue_full)
 {
     struct metrics *m = metrics_new();
     struct workers *w = NULL;
@@ -371,7 +396,7 @@ START_TEST(test_api_generate_handle_submits_job_then_503_when_queue_full)
     ck_assert_int_eq(api_generate_handle(&api, &req, &r2), ROUTE_PENDING); /* queued */
     http_resp_init(&r3);
     ck_assert_int_eq(api_generate_handle(&api, &req, &r3), ROUTE_DONE); /* full */
-    ck_assert_int_eq(r3.status, 503);
+    ck_assert_int_eq(r3.status, 429);
     ck_assert_ptr_nonnull(strstr(r3.body, "\"code\":\"queue_full\""));
     ck_assert_str_eq(http_resp_get_header(&r3, "Retry-After"), "7");
     http_resp_fini(&r3);
@@ -477,8 +502,8 @@ static Suite *api_generate_suite(void)
                         (int)(sizeof bad / sizeof bad[0]));
     tcase_add_test(handle, test_api_generate_handle_answers_400_with_field);
     tcase_add_test(handle, test_api_generate_handle_without_backend_is_honest_503);
-    tcase_add_test(handle, test_api_generate_handle_submits_job_then_503_when_queue_full);
-    tcase_add_test(handle, test_api_generate_handle_answers_422_for_ralu_and_cache_it_cannot_serve);
+    tcase_add_test(handle, test_api_generate_handle_submits_job_then_429_when_queue_full);
+    tcase_add_test(handle, test_api_generate_handle_rejects_ralu_preset_of_the_other_family);
     tcase_add_test(handle, test_api_generate_handle_picks_png_from_accept_and_passes_job_headers);
     TCase *all[] = {ok, err, handle};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {

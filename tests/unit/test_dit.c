@@ -68,8 +68,15 @@ static float *forward(struct fixture *f, int b, int n, int t, const float *x, co
     struct tensor dpo = up(f->be, pooled, 2, (int64_t[]){b, c->pooled_projection_dim});
     struct tensor out;
     ck_assert_int_eq(backend_alloc_tensor(f->be, &out, DTYPE_F32, 3, (int64_t[]){b, n, tok}), 0);
-    struct dit_inputs in = {.b = b, .n = n, .t = t, .x = &dx, .pos = &dp, .txt = &dt,
-                            .pooled = &dpo, .timestep = ts, .guidance = g};
+    struct dit_inputs in = {.b = b,
+                            .n = n,
+                            .t = t,
+                            .x = &dx,
+                            .pos = &dp,
+                            .txt = &dt,
+                            .pooled = &dpo,
+                            .timestep = ts,
+                            .guidance = g};
     ck_assert_int_eq(dit_forward(f->m, w, &in, &out), 0);
     float *h = malloc((size_t)b * n * tok * 4);
     ck_assert_int_eq(op_download(f->be, h, out.data, (size_t)b * n * tok * 4), 0);
@@ -118,9 +125,9 @@ static void check_batch_equals_singles(const char *dir, int threads)
     const float *gp = c->family == DIT_FLUX ? g : NULL;
     float *both = forward(&f, 2, n, t, x, pos, txt, pooled, ts, gp);
     for (int b = 0; b < 2; b++) {
-        float *one = forward(&f, 1, n, t, x + (size_t)b * n * tok, pos + (size_t)b * n * np,
-                             txt + (size_t)b * t * jd, pooled + (size_t)b * pd, ts + b,
-                             gp ? gp + b : NULL);
+        float *one =
+            forward(&f, 1, n, t, x + (size_t)b * n * tok, pos + (size_t)b * n * np,
+                    txt + (size_t)b * t * jd, pooled + (size_t)b * pd, ts + b, gp ? gp + b : NULL);
         for (int i = 0; i < n * tok; i++)
             ck_assert_msg(isfinite(one[i]), "non-finite output");
         ck_assert_msg(memcmp(one, both + (size_t)b * n * tok, sizeof(float) * n * tok) == 0,
@@ -214,25 +221,28 @@ static int load_with_config(const char *json, const char *weights_dir, char *msg
 START_TEST(test_dit_load_reports_missing_tensor_by_name)
 {
     char msg[512];
-    int rc = load_with_config("{\"_class_name\": \"SD3Transformer2DModel\", \"attention_head_dim\": 16,"
-                              " \"num_attention_heads\": 4, \"num_layers\": 2, \"joint_attention_dim\": 48,"
-                              " \"pooled_projection_dim\": 40, \"caption_projection_dim\": 64,"
-                              " \"pos_embed_max_size\": 32, \"sample_size\": 32, \"qk_norm\": \"rms_norm\"}",
-                              MODELS "/tiny-sd3/transformer", msg, sizeof msg);
+    int rc = load_with_config(
+        "{\"_class_name\": \"SD3Transformer2DModel\", \"attention_head_dim\": 16,"
+        " \"num_attention_heads\": 4, \"num_layers\": 2, \"joint_attention_dim\": 48,"
+        " \"pooled_projection_dim\": 40, \"caption_projection_dim\": 64,"
+        " \"pos_embed_max_size\": 32, \"sample_size\": 32, \"qk_norm\": \"rms_norm\"}",
+        MODELS "/tiny-sd3/transformer", msg, sizeof msg);
     ck_assert_int_eq(rc, ERR_NOTFOUND);
-    ck_assert_msg(strstr(msg, "transformer_blocks.0.attn.norm_q.weight") != NULL, "message: %s", msg);
+    ck_assert_msg(strstr(msg, "transformer_blocks.0.attn.norm_q.weight") != NULL, "message: %s",
+                  msg);
 }
 END_TEST
 
 START_TEST(test_dit_load_reports_shape_mismatch_by_name)
 {
     char msg[512];
-    int rc = load_with_config("{\"_class_name\": \"FluxTransformer2DModel\", \"attention_head_dim\": 32,"
-                              " \"num_attention_heads\": 2, \"num_layers\": 2, \"num_single_layers\": 2,"
-                              " \"joint_attention_dim\": 48, \"pooled_projection_dim\": 16,"
-                              " \"in_channels\": 64, \"guidance_embeds\": true,"
-                              " \"axes_dims_rope\": [8, 12, 12]}",
-                              MODELS "/tiny-flux/transformer", msg, sizeof msg);
+    int rc =
+        load_with_config("{\"_class_name\": \"FluxTransformer2DModel\", \"attention_head_dim\": 32,"
+                         " \"num_attention_heads\": 2, \"num_layers\": 2, \"num_single_layers\": 2,"
+                         " \"joint_attention_dim\": 48, \"pooled_projection_dim\": 16,"
+                         " \"in_channels\": 64, \"guidance_embeds\": true,"
+                         " \"axes_dims_rope\": [8, 12, 12]}",
+                         MODELS "/tiny-flux/transformer", msg, sizeof msg);
     ck_assert_int_eq(rc, ERR_MISMATCH);
     ck_assert_msg(strstr(msg, "context_embedder.weight") && strstr(msg, "[64, 32]"), "message: %s",
                   msg);
@@ -242,10 +252,11 @@ END_TEST
 START_TEST(test_dit_config_rejects_bad_values_naming_the_key)
 {
     char msg[512];
-    ck_assert_int_eq(load_with_config("{\"_class_name\": \"FluxTransformer2DModel\","
-                                      " \"axes_dims_rope\": [8, 12, 10], \"attention_head_dim\": 32}",
-                                      MODELS "/tiny-flux/transformer", msg, sizeof msg),
-                     ERR_FORMAT);
+    ck_assert_int_eq(
+        load_with_config("{\"_class_name\": \"FluxTransformer2DModel\","
+                         " \"axes_dims_rope\": [8, 12, 10], \"attention_head_dim\": 32}",
+                         MODELS "/tiny-flux/transformer", msg, sizeof msg),
+        ERR_FORMAT);
     ck_assert_msg(strstr(msg, "axes_dims_rope"), "message: %s", msg);
     ck_assert_int_eq(load_with_config("{\"_class_name\": \"SD3Transformer2DModel\","
                                       " \"num_layers\": \"two\"}",
@@ -273,9 +284,16 @@ END_TEST
 
 START_TEST(test_dit_flops_counts_matmuls_and_attention)
 {
-    struct dit_config c = {.family = DIT_SD3, .patch_size = 2, .in_channels = 16,
-                           .out_channels = 16, .num_layers = 1, .heads = 1, .head_dim = 8,
-                           .hidden = 8, .joint_attention_dim = 4, .mlp_ratio = 4};
+    struct dit_config c = {.family = DIT_SD3,
+                           .patch_size = 2,
+                           .in_channels = 16,
+                           .out_channels = 16,
+                           .num_layers = 1,
+                           .heads = 1,
+                           .head_dim = 8,
+                           .hidden = 8,
+                           .joint_attention_dim = 4,
+                           .mlp_ratio = 4};
     /* one pre-only block, n=2 image, t=1 text tokens, d=8:
      * embed 2*2*64*8 + ctx 2*1*4*8; qkv 2*3*8*24; attn 4*2*3*8; out 2*2*64;
      * mlp 2*2*2*8*32; proj_out 2*2*8*64 */

@@ -132,6 +132,44 @@ START_TEST(test_route_auth_ok_compares_whole_token)
 }
 END_TEST
 
+START_TEST(test_route_check_matches_job_paths_by_one_segment)
+{
+    struct http_resp r;
+    const char *name;
+
+    ck_assert_int_eq(check("POST", "/v1/jobs", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "jobs_submit");
+    ck_assert_int_eq(check("GET", "/v1/jobs/job_1", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "jobs_get");
+    ck_assert_int_eq(check("DELETE", "/v1/jobs/job_1", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "jobs_delete");
+    ck_assert_int_eq(check("GET", "/v1/jobs/job_1/events", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "jobs_events");
+    ck_assert_int_eq(check("POST", "/v1/images/generations", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "openai_images");
+    ck_assert_int_eq(check("GET", "/v1/models", NULL, &name, &r), 0);
+    ck_assert_str_eq(name, "openai_models");
+    /* '*' is one non-empty segment. */
+    ck_assert_int_eq(check("GET", "/v1/jobs/", NULL, NULL, &r), 404);
+    http_resp_fini(&r);
+    ck_assert_int_eq(check("GET", "/v1/jobs/a/b", NULL, NULL, &r), 404);
+    http_resp_fini(&r);
+    ck_assert_int_eq(check("GET", "/v1/jobs/a/events/x", NULL, NULL, &r), 404);
+    http_resp_fini(&r);
+    ck_assert_int_eq(check("PUT", "/v1/jobs/a", NULL, NULL, &r), 405);
+    ck_assert_str_eq(http_resp_get_header(&r, "Allow"), "GET, HEAD, DELETE");
+    http_resp_fini(&r);
+    set_token("s3cret", false);
+    ck_assert_int_eq(check("DELETE", "/v1/jobs/a", NULL, NULL, &r), 401);
+    http_resp_fini(&r);
+    ck_assert_int_eq(check("GET", "/v1/models", NULL, NULL, &r), 401);
+    http_resp_fini(&r);
+    ck_assert(route_path_matches("/a/*/c", "/a/b/c"));
+    ck_assert(!route_path_matches("/a/*/c", "/a//c"));
+    ck_assert(!route_path_matches("/a/*", "/a/b/"));
+}
+END_TEST
+
 static Suite *routes_suite(void)
 {
     Suite *s = suite_create("routes");
@@ -144,6 +182,7 @@ static Suite *routes_suite(void)
     tcase_add_test(tc, test_route_check_requires_token_on_generate_only);
     tcase_add_test(tc, test_route_check_404_and_405_come_before_401);
     tcase_add_test(tc, test_route_auth_ok_compares_whole_token);
+    tcase_add_test(tc, test_route_check_matches_job_paths_by_one_segment);
     tcase_set_timeout(tc, 10);
     suite_add_tcase(s, tc);
     return s;

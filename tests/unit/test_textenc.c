@@ -43,8 +43,8 @@ static float *host(struct backend *be, const struct tensor *t)
 static void clip_ids(int32_t *ids)
 {
     static const int32_t a[] = {49406, 320, 1125, 539, 320, 2368, 49407};
-    static const int32_t b[] = {49406, 320, 736, 11451, 525, 1253, 539, 320, 1746, 13984, 267,
-                                3271, 3873, 49407};
+    static const int32_t b[] = {49406, 320,  736,   11451, 525,  1253, 539,
+                                320,   1746, 13984, 267,   3271, 3873, 49407};
     for (int i = 0; i < 77; i++) {
         ids[i] = i < 7 ? a[i] : 49407;
         ids[77 + i] = i < 14 ? b[i] : 49407;
@@ -255,7 +255,8 @@ START_TEST(missing_tensor_is_reported_by_name)
     struct rename r = {.hide = "shared.weight"};
     memset(&em, 0, sizeof em);
     ck_assert_int_eq(t5_load_mapped(be, &r, &tm, &src, &em), ERR_NOTFOUND);
-    ck_assert_msg(strstr(em.text, "shared.weight") && strstr(em.text, "encoder.embed_tokens.weight"),
+    ck_assert_msg(strstr(em.text, "shared.weight") &&
+                      strstr(em.text, "encoder.embed_tokens.weight"),
                   "message: %s", em.text);
     wsrc_close(src);
     backend_free(be);
@@ -318,8 +319,8 @@ START_TEST(t5_batch_of_two_prompts_equals_two_single_calls_bitwise)
         float *both = t5_run(be, m, ids, 2, L, km);
         for (int s = 0; s < 2; s++) {
             float *one = t5_run(be, m, ids + s * L, 1, L, km ? km + s * L : NULL);
-            ck_assert_msg(memcmp(both + s * seq, one, seq * 4) == 0, "masked %d sample %d",
-                          masked, s);
+            ck_assert_msg(memcmp(both + s * seq, one, seq * 4) == 0, "masked %d sample %d", masked,
+                          s);
             free(one);
         }
         free(both);
@@ -378,9 +379,8 @@ START_TEST(t5_embed_tokens_is_used_when_shared_is_absent)
     t5_ids(ids, mask, L);
     ck_assert_msg(te_t5_open(&ref, be, T5_DIR, &em) == 0, "%s", em.text);
     /* A checkpoint that stores only encoder.embed_tokens.weight. */
-    struct rename r = {.hide = "shared.weight",
-                       .from = "encoder.embed_tokens.weight",
-                       .to = "shared.weight"};
+    struct rename r = {
+        .hide = "shared.weight", .from = "encoder.embed_tokens.weight", .to = "shared.weight"};
     ck_assert_msg(t5_load_mapped(be, &r, &alt, &src, &em) == 0, "%s", em.text);
     float *a = t5_run(be, ref, ids, 2, L, mask), *b = t5_run(be, alt, ids, 2, L, mask);
     ck_assert(memcmp(a, b, (size_t)2 * L * te_t5_cfg(ref)->d_model * 4) == 0);
@@ -404,8 +404,8 @@ static int relu_map(const void *ctx, const char *name, struct wmap_seg *segs, in
     if (strstr(name, ".DenseReluDense.wi_"))
         return 0; /* the gated weights are not there */
     if (n > k && strcmp(name + n - k, suffix) == 0)
-        snprintf(segs[0].src, sizeof segs[0].src, "%.*s.DenseReluDense.wi_0.weight",
-                 (int)(n - k), name);
+        snprintf(segs[0].src, sizeof segs[0].src, "%.*s.DenseReluDense.wi_0.weight", (int)(n - k),
+                 name);
     else
         snprintf(segs[0].src, sizeof segs[0].src, "%s", name);
     segs[0].src_row0 = 0;
@@ -452,10 +452,10 @@ START_TEST(t5_buckets_match_transformers_float32_formula)
      * _relative_position_bucket (bidirectional): keys after the query
      * (rel > 0) use buckets 16..31, the exact range is |rel| < 8, and the
      * log-spaced boundaries 16, 32, 64 fall exactly on integers. */
-    static const int rel[] = {0, 1, -1, 7, 8, -8, 11, 12, 15, 16, -16, 31, 32, 63, 64, -64,
-                              127, 128, -128, 500};
-    static const int want[] = {0, 17, 1, 23, 24, 8, 24, 25, 25, 26, 10, 27, 28, 29, 30, 14,
-                               31, 31, 15, 31};
+    static const int rel[] = {0,   1,  -1, 7,  8,  -8,  11,  12,  15,   16,
+                              -16, 31, 32, 63, 64, -64, 127, 128, -128, 500};
+    static const int want[] = {0,  17, 1,  23, 24, 8,  24, 25, 25, 26,
+                               10, 27, 28, 29, 30, 14, 31, 31, 15, 31};
     for (size_t i = 0; i < sizeof rel / sizeof *rel; i++)
         ck_assert_msg(te_t5_bucket(rel[i], 32, 128) == want[i], "rel %d: %d, want %d", rel[i],
                       te_t5_bucket(rel[i], 32, 128), want[i]);

@@ -145,8 +145,14 @@ static const char PROMPT[] = "a photo of an astronaut riding a horse on the moon
 
 static struct gen_request request(bool flux)
 {
-    struct gen_request r = {.prompt = PROMPT, .width = 64, .height = 64, .steps = 2, .n = 1,
-                            .guidance = flux ? 3.5f : 5.0f, .true_cfg = 1.0f, .seed = 42};
+    struct gen_request r = {.prompt = PROMPT,
+                            .width = 64,
+                            .height = 64,
+                            .steps = 2,
+                            .n = 1,
+                            .guidance = flux ? 3.5f : 5.0f,
+                            .true_cfg = 1.0f,
+                            .seed = 42};
     if (!flux)
         r.negative_prompt = "blurry, low quality"; /* SD3 runs CFG: both branches */
     return r;
@@ -156,8 +162,11 @@ static void run(struct run *x, const char *dir, const struct gen_request *r, boo
 {
     struct backend *be;
     struct backend_opts bo = {.n_threads = 1};
-    struct pipeline_opts po = {.max_width = 128, .max_height = 128, .max_batch = 1,
-                               .max_sequence_length = 64, .no_t5 = no_t5};
+    struct pipeline_opts po = {.max_width = 128,
+                               .max_height = 128,
+                               .max_batch = 1,
+                               .max_sequence_length = 64,
+                               .no_t5 = no_t5};
     struct pipeline *p = NULL;
     memset(x, 0, sizeof *x);
     x->rc = -1;
@@ -192,10 +201,7 @@ static void run_variant(struct run *x, const char *variant)
     run(x, dir, &r, false);
 }
 
-static size_t nvals(const struct gen_output *o)
-{
-    return (size_t)o->n * o->width * o->height * 3;
-}
+static size_t nvals(const struct gen_output *o) { return (size_t)o->n * o->width * o->height * 3; }
 
 /* A valid image: the requested shape, every value finite in [0, 1], and not
  * flat. */
@@ -428,8 +434,7 @@ START_TEST(test_config_wrong_type_names_file_and_key)
     struct run v;
     run_variant(&v, "sd3-config-wrong-type");
     static const char *const frags[] = {"\"num_attention_heads\" must be an integer", NULL};
-    assert_fails(&v, true, ERR_FORMAT, "sd3-config-wrong-type", "transformer/config.json: ",
-                 frags);
+    assert_fails(&v, true, ERR_FORMAT, "sd3-config-wrong-type", "transformer/config.json: ", frags);
 }
 END_TEST
 
@@ -446,11 +451,12 @@ END_TEST
 /* Every folder in tests/data/variants is covered by a test above. */
 START_TEST(test_every_variant_is_tested)
 {
-    static const char *const known[] = {
-        "sd3-t5-tokenizer-json", "flux-t5-sharded",          "flux-t5-embed-tokens",
-        "sd3-null-t5",           "sd3-fp16-variant",         "flux-schnell",
-        "sd3-truncated-data",    "sd3-truncated-header",     "sd3-mislabelled-dtype",
-        "flux-mislabelled-component", "sd3-config-wrong-type", "flux-t5-config-wrong-type"};
+    static const char *const known[] = {"sd3-t5-tokenizer-json", "flux-t5-sharded",
+                                        "flux-t5-embed-tokens",  "sd3-null-t5",
+                                        "sd3-fp16-variant",      "flux-schnell",
+                                        "sd3-truncated-data",    "sd3-truncated-header",
+                                        "sd3-mislabelled-dtype", "flux-mislabelled-component",
+                                        "sd3-config-wrong-type", "flux-t5-config-wrong-type"};
     size_t nk = sizeof known / sizeof known[0], seen = 0;
     DIR *d = opendir(g_root);
     ck_assert(d != NULL);

@@ -22,11 +22,21 @@ static const struct {
     const char *kind;
     bool single_file;
 } covered[] = {
-    {"sd3_transformer", true}, {"flux_transformer", true}, {"clip_text_encoder", false},
-    {"t5_encoder", false},     {"vae_decode", false},      {"vae_encode", false},
-    {"scheduler", false},      {"scheduler_step", false},  {"tokenizer", false},
-    {"sd3_pipeline", false},   {"flux_pipeline", false},   {"ralu_ntdm", false},
-    {"canny", false},          {"ralu_edge_select", false}, {"ralu_pipeline", false},
+    {"sd3_transformer", true},
+    {"flux_transformer", true},
+    {"clip_text_encoder", false},
+    {"t5_encoder", false},
+    {"vae_decode", false},
+    {"vae_encode", false},
+    {"scheduler", false},
+    {"scheduler_step", false},
+    {"tokenizer", false},
+    {"sd3_pipeline", false},
+    {"flux_pipeline", false},
+    {"ralu_ntdm", false},
+    {"canny", false},
+    {"ralu_edge_select", false},
+    {"ralu_pipeline", false},
     {"sd3_ralu_pipeline", false},
 };
 
@@ -90,7 +100,7 @@ static const struct mutation {
     const char *tensor; /* engine probe name */
     int index;          /* probe index (step), -1 any */
     enum mut_op op;
-    int64_t at;         /* element */
+    int64_t at; /* element */
     float delta;
     const char *expect; /* in the FAIL line */
 } mutations[] = {
@@ -106,8 +116,7 @@ static const struct mutation {
     {"ralu_pipeline_L7_256x256", "stage2_timesteps", -1, MUT_ULP_DOWN, 2, 0,
      "stage2_timesteps differs"},
     {"ralu_pipeline_L7_256x256", "stage1_v_last", -1, MUT_ADD, 0, 1, "stage1_v_last max|d|"},
-    {"ralu_pipeline_L7_256x256", "stage1_v_last", -1, MUT_DROP, 0, 0,
-     "stage1_v_last not compared"},
+    {"ralu_pipeline_L7_256x256", "stage1_v_last", -1, MUT_DROP, 0, 0, "stage1_v_last not compared"},
     /* SD3 (tools/ref_sd3_ralu.py) */
     {"sd3_ralu_pipeline_L2_128x128", "stage2_pos", -1, MUT_ADD, 1, 0.5f, "stage2_pos differs"},
     {"sd3_ralu_pipeline_L2_128x128", "stage3_dest", -1, MUT_SWAP_ENDS, 0, 0,
@@ -134,8 +143,8 @@ static bool mutate(void *ctx, const char *case_name, const char *tensor, int ind
     ck_assert_int_lt(m->at, n);
     switch (m->op) {
     case MUT_ADD:
-        v[m->at] += v[m->at] + m->delta > 255 && strcmp(tensor, "gray_u8") == 0 ? -m->delta
-                                                                                 : m->delta;
+        v[m->at] +=
+            v[m->at] + m->delta > 255 && strcmp(tensor, "gray_u8") == 0 ? -m->delta : m->delta;
         break;
     case MUT_FLIP_U8:
         v[m->at] = v[m->at] != 0 ? 0 : 255;
@@ -164,8 +173,12 @@ static char *run_mutated(const struct mutation *m, struct cv_summary *s)
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     ck_assert_ptr_nonnull(f);
-    struct cv_opts o = {.dir = VEC_DIR, .threads = 2, .filter = m->filter, .verbose = true,
-                        .mutate = mutate, .mutate_ctx = (void *)m};
+    struct cv_opts o = {.dir = VEC_DIR,
+                        .threads = 2,
+                        .filter = m->filter,
+                        .verbose = true,
+                        .mutate = mutate,
+                        .mutate_ctx = (void *)m};
     ck_assert_int_eq(cv_run(&o, s, f), 0);
     fclose(f);
     return buf;
@@ -178,8 +191,8 @@ START_TEST(test_vectors_pipeline_case_fails_when_one_probed_tensor_is_corrupted_
     char *out = run_mutated(m, &s);
     ck_assert_msg(s.fail == 1 && s.pass == 0, "%s %s: expected 1 FAIL:\n%s", m->filter, m->tensor,
                   out);
-    ck_assert_msg(strstr(out, m->expect) != NULL, "%s %s: no \"%s\" in:\n%s", m->filter,
-                  m->tensor, m->expect, out);
+    ck_assert_msg(strstr(out, m->expect) != NULL, "%s %s: no \"%s\" in:\n%s", m->filter, m->tensor,
+                  m->expect, out);
     free(out);
 }
 END_TEST
@@ -209,9 +222,9 @@ static Suite *vectors_suite(void)
     TCase *tm = tcase_create("mutations");
     tcase_set_timeout(tm, 300);
     tcase_add_test(tm, test_vectors_pipeline_cases_pass_through_an_identity_mutation_seam);
-    tcase_add_loop_test(tm,
-                        test_vectors_pipeline_case_fails_when_one_probed_tensor_is_corrupted_or_missing,
-                        0, (int)(sizeof mutations / sizeof *mutations));
+    tcase_add_loop_test(
+        tm, test_vectors_pipeline_case_fails_when_one_probed_tensor_is_corrupted_or_missing, 0,
+        (int)(sizeof mutations / sizeof *mutations));
     suite_add_tcase(s, tm);
     return s;
 }

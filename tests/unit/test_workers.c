@@ -313,6 +313,133 @@ START_TEST(test_workers_free_without_shutdown_cancels_and_joins)
 }
 END_TEST
 
+/* ---- batching ---- */
+
+/* The key is the payload pointer's value (jobs with the same key batch). */
+static bool key_ok(void *ctx, struct job *const *batch, int n, const struct job *cand)
+{
+    (void)ctx;
+    (void)n;
+    return batch[0]->payload == cand->payload;
+}
+
+static int batch_sizes[16], n_batches;
+
+static void on_batch(void *ctx, int n)
+{
+    (void)ctx;
+    pthread_mutex_lock(&rec.mu);
+    batch_sizes[n_batches++] = n;
+    pthread_mutex_unlock(&rec.mu);
+}
+
+static void rec_run_batch(void *ctx, struct job **jobs, int n)
+{
+    for (int i = 0; i < n; i++)
+        jobs[i]->result = rec_run(ctx, jobs[i]);
+}
+
+static struct workers *make_batching(int batch_max, double wait_s)
+{
+    struct workers *w = NULL;
+    struct workers_opts o = {
+        .n_threads = 1,
+        .capacity = 16,
+        .run = rec_run,
+        .run_ctx = &rec,
+        .notify = rec_notify,
+        .notify_ctx = &rec,
+        .batch_max = batch_max,
+        .batch_wait_s = wait_s,
+        .run_batch = rec_run_batch,
+        .batch_ok = key_ok,
+        .on_batch = on_batch,
+    };
+    n_batches = 0;
+    ck_assert_int_eq(workers_new(&w, &o), ERR_OK);
+    return w;
+}
+
+static struct job *submit_key(struct workers *w, uint64_t id, uintptr_t key)
+{
+    struct job *job = job_new(id, (void *)key, NULL);
+    ck_assert_int_eq(workers_submit(w, job), ERR_OK);
+    return job;
+}
+
+START_TEST(test_workers_batch_takes_queued_jobs_with_the_same_key)
+{
+    struct workers *w = make_batching(3, 0);
+    gate(false);
+    submit_key(w, 1, 1); /* runs alone: the queue was empty */
+    wait_for_running(w, 1);
+    submit_key(w, 2, 7);
+    submit_key(w, 3, 8);
+    submit_key(w, 4, 7);
+    submit_key(w, 5, 7);
+    submit_key(w, 6, 7); /* the batch of key 7 is full at 3: this one waits */
+    ck_assert_int_eq(workers_position(w, NULL), -1);
+    gate(true);
+    ck_assert_int_eq(workers_shutdown(w, 10), ERR_OK);
+    ck_assert_int_eq(free_done(workers_take_done(w), JOB_DONE), 6);
+    /* 1 alone, then {2, 4, 5}, then 3 (first in the queue), then 6. */
+    ck_assert_int_eq(n_batches, 4);
+    ck_assert_int_eq(batch_sizes[0], 1);
+    ck_assert_int_eq(batch_sizes[1], 3);
+    ck_assert_int_eq(batch_sizes[2], 1);
+    ck_assert_int_eq(batch_sizes[3], 1);
+    ck_assert_uint_eq(rec.ran[1], 2);
+    ck_assert_uint_eq(rec.ran[2], 4);
+    ck_assert_uint_eq(rec.ran[3], 5);
+    ck_assert_uint_eq(rec.ran[4], 3);
+    workers_free(w);
+}
+END_TEST
+
+START_TEST(test_workers_batch_waits_for_same_key_jobs_to_arrive)
+{
+    struct workers *w = make_batching(4, 0.5);
+    submit_key(w, 1, 7);
+    sleep_ms(50); /* the worker took job 1 and waits for company */
+    ck_assert_int_eq(n_ran(), 0);
+    submit_key(w, 2, 8); /* another key: not taken into this batch */
+    submit_key(w, 3, 7);
+    submit_key(w, 4, 7);
+    submit_key(w, 5, 7); /* full at 4: starts at once */
+    ck_assert_int_eq(workers_shutdown(w, 10), ERR_OK);
+    ck_assert_int_eq(free_done(workers_take_done(w), JOB_DONE), 5);
+    ck_assert_int_eq(n_batches, 2);
+    ck_assert_int_eq(batch_sizes[0], 4);
+    ck_assert_int_eq(batch_sizes[1], 1);
+    ck_assert_uint_eq(rec.ran[4], 2);
+    workers_free(w);
+}
+END_TEST
+
+START_TEST(test_workers_batch_skips_jobs_cancelled_before_it_starts)
+{
+    struct workers *w = make_batching(4, 0.3);
+    struct job *a = submit_key(w, 1, 7);
+    sleep_ms(30);
+    submit_key(w, 2, 7);
+    job_cancel(a); /* in the forming batch: never runs */
+    ck_assert_int_eq(workers_shutdown(w, 10), ERR_OK);
+    struct job *done = workers_take_done(w);
+    int n_cancelled = 0, n_done = 0;
+    for (struct job *j = done, *next; j; j = next) {
+        next = j->next;
+        n_cancelled += job_state(j) == JOB_CANCELLED;
+        n_done += job_state(j) == JOB_DONE;
+        job_free(j);
+    }
+    ck_assert_int_eq(n_cancelled, 1);
+    ck_assert_int_eq(n_done, 1);
+    ck_assert(!ran(1) && ran(2));
+    ck_assert_int_eq(batch_sizes[0], 1);
+    workers_free(w);
+}
+END_TEST
+
 static Suite *workers_suite(void)
 {
     Suite *s = suite_create("workers");
@@ -330,6 +457,9 @@ static Suite *workers_suite(void)
     tcase_add_test(shutdown, test_workers_shutdown_drains_queued_jobs);
     tcase_add_test(shutdown, test_workers_shutdown_timeout_cancels_leftovers);
     tcase_add_test(shutdown, test_workers_free_without_shutdown_cancels_and_joins);
+    tcase_add_test(shutdown, test_workers_batch_takes_queued_jobs_with_the_same_key);
+    tcase_add_test(shutdown, test_workers_batch_waits_for_same_key_jobs_to_arrive);
+    tcase_add_test(shutdown, test_workers_batch_skips_jobs_cancelled_before_it_starts);
     TCase *all[] = {order, busy, cancel, shutdown};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
         tcase_add_checked_fixture(all[i], rec_setup, rec_teardown);

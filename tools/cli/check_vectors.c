@@ -24,8 +24,8 @@
 #include "engine/schedule.h"
 #include "kernels/ops.h"
 #include "tools/cli/check_vectors.h"
-#include "tools/cli/cv_internal.h"
 #include "tools/cli/cli.h"
+#include "tools/cli/cv_internal.h"
 
 /* ------------------------------------------------------------ utilities */
 
@@ -41,7 +41,7 @@ int cv_case_tensor(struct cv_case *c, const char *name, struct tensor *t, struct
 
 /* Backend copy of host F32 data with the given shape. */
 int cv_upload(struct backend *be, const float *host, int ndim, const int64_t *ne,
-                  struct tensor *dev)
+              struct tensor *dev)
 {
     int rc = backend_alloc_tensor(be, dev, DTYPE_F32, ndim, ne);
     if (rc)
@@ -136,8 +136,8 @@ void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const 
     fold(c, r, name, ours, ref->data, tensor_nelem(ref), false);
 }
 
-void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name,
-                      const float *ours, const float *ref, int64_t n)
+void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                      const float *ref, int64_t n)
 {
     fold(c, r, name, ours, ref, n, true);
 }
@@ -166,7 +166,6 @@ static const struct {
     {"canny", cv_run_canny, false},
     {"ralu_edge_select", cv_run_ralu_edge_select, false},
 };
-
 
 static int find_kind(const char *k)
 {
@@ -239,9 +238,8 @@ static void run_one(struct cv_ctx *x, struct cv_case *c, struct cv_summary *s, F
         char nt[32] = ""; /* runners that log their comparisons (cv_log) */
         if (r.n_t)
             snprintf(nt, sizeof nt, " [%d tensors]", r.n_t);
-        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s%s\n",
-                r.fail ? "FAIL" : "PASS", label, c->kind, r.worst_rel, c->atol, c->rtol, nt,
-                r.note[0] ? " " : "", r.note);
+        fprintf(out, "%s  %-50s %-20s rel=%.2e (atol=%g rtol=%g)%s%s%s\n", r.fail ? "FAIL" : "PASS",
+                label, c->kind, r.worst_rel, c->atol, c->rtol, nt, r.note[0] ? " " : "", r.note);
         if (x->o->verbose)
             print_log(out, &r);
         tally(s, c->kind, r.fail ? 1 : 0);
@@ -382,16 +380,15 @@ done:
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: ralu check-vectors DIR [--threads N] [--bf16] [--strict]\n"
-            "                             [--single-file SDIR] [--filter SUBSTR] [--verbose]\n"
-            "  DIR             a test-vector tree (DIR/cases/<case>/case.json, DIR/models/...)\n"
-            "  --threads N     CPU threads (default 1)\n"
-            "  --bf16          bf16-compute matmuls (the cases' fp32 tolerances still apply)\n"
-            "  --strict        activation memory is PROT_NONE outside backend ops\n"
-            "  --single-file S also run transformer cases on S/<model>.safetensors\n"
-            "  --filter SUB    only cases whose name contains SUB\n"
-            "  --verbose       list each compared tensor: comparisons, max|d|, limit\n");
+    fprintf(f, "usage: ralu check-vectors DIR [--threads N] [--bf16] [--strict]\n"
+               "                             [--single-file SDIR] [--filter SUBSTR] [--verbose]\n"
+               "  DIR             a test-vector tree (DIR/cases/<case>/case.json, DIR/models/...)\n"
+               "  --threads N     CPU threads (default 1)\n"
+               "  --bf16          bf16-compute matmuls (the cases' fp32 tolerances still apply)\n"
+               "  --strict        activation memory is PROT_NONE outside backend ops\n"
+               "  --single-file S also run transformer cases on S/<model>.safetensors\n"
+               "  --filter SUB    only cases whose name contains SUB\n"
+               "  --verbose       list each compared tensor: comparisons, max|d|, limit\n");
 }
 
 int cli_check_vectors(int argc, char **argv)

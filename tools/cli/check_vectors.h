@@ -24,8 +24,8 @@ struct cv_opts {
     int threads;
     bool strict;
     enum matmul_mode matmul_mode;
-    bool verbose;           /* one line per compared tensor under each case */
-    cv_mutate_fn mutate;    /* NULL, or a test's mutation of probed tensors */
+    bool verbose;        /* one line per compared tensor under each case */
+    cv_mutate_fn mutate; /* NULL, or a test's mutation of probed tensors */
     void *mutate_ctx;
 };
 

@@ -53,10 +53,10 @@ struct cv_tensor_log {
 };
 
 struct cv_result {
-    double worst_rel;  /* max over outputs of max|d| / max|ref| */
+    double worst_rel; /* max over outputs of max|d| / max|ref| */
     bool fail;
     char note[512];
-    int n_t;           /* entries of t (beyond CV_MAX_TENSORS: counted only) */
+    int n_t; /* entries of t (beyond CV_MAX_TENSORS: counted only) */
     struct cv_tensor_log t[CV_MAX_TENSORS];
 };
 
@@ -70,8 +70,8 @@ void cv_compare(struct cv_case *c, struct cv_result *r, const char *name, const 
                 const struct tensor *ref);
 /* Exact comparison (integer-valued tensors: indices, ids, u8 images,
  * timesteps): any difference fails; logged as name with lim 0. */
-void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name,
-                      const float *ours, const float *ref, int64_t n);
+void cv_compare_exact(struct cv_case *c, struct cv_result *r, const char *name, const float *ours,
+                      const float *ref, int64_t n);
 /* Fold a comparison made by the caller into r's log (no pass/fail). */
 void cv_log(struct cv_result *r, const char *name, double maxd, double lim, int64_t flips);
 /* The entry for reference tensor name, or NULL when nothing compared it. */
@@ -84,19 +84,15 @@ typedef int (*cv_run_fn)(struct cv_ctx *x, struct cv_case *c, struct cv_result *
 
 int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                        struct err_msg *em);
-int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                     struct err_msg *em);
+int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 int cv_run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                           struct err_msg *em);
-int cv_run_vae_decode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                      struct err_msg *em);
-int cv_run_vae_encode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                      struct err_msg *em);
+int cv_run_vae_decode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
+int cv_run_vae_encode(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 /* cv_text.c */
 int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
                              struct err_msg *em);
-int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                      struct err_msg *em);
+int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 
 /* cv_ralu_edges.c */
 int cv_run_canny(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
@@ -104,15 +100,12 @@ int cv_run_ralu_edge_select(struct cv_ctx *x, struct cv_case *c, struct cv_resul
                             struct err_msg *em);
 
 /* cv_ralu_ntdm.c */
-int cv_run_ralu_ntdm(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                     struct err_msg *em);
+int cv_run_ralu_ntdm(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 
-int cv_run_pipeline(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                    struct err_msg *em);
+int cv_run_pipeline(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 /* Free the pipelines cv_run_pipeline keeps open across cases. */
 void cv_pipeline_release(struct cv_ctx *x);
 
-int cv_run_tokenizer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                     struct err_msg *em);
+int cv_run_tokenizer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em);
 
 #endif

@@ -42,8 +42,9 @@ static bool is_not_produced(const char *name)
  * positions, schedules, and the uint8 edge pipeline. */
 static bool is_exact(const char *ref)
 {
-    static const char *const suffix[] = {"_ids", "_ids_unsorted", "_pos", "_perm", "timesteps",
-                                         "sigmas", "gray_u8", "canny_edges", "edge_scores"};
+    static const char *const suffix[] = {"_ids",    "_ids_unsorted", "_pos",
+                                         "_perm",   "timesteps",     "sigmas",
+                                         "gray_u8", "canny_edges",   "edge_scores"};
     if (strncmp(ref, "idx_", 4) == 0)
         return true;
     size_t n = strlen(ref);
@@ -63,7 +64,7 @@ struct probe_ctx {
     struct err_msg *em;
     float *gid3; /* stage3_ids_unsorted as probed, for the sorted stage3_ids */
     int64_t n_gid3;
-    float *dec;  /* x0_decoded as probed, NCHW, for gray_u8 */
+    float *dec; /* x0_decoded as probed, NCHW, for gray_u8 */
     int64_t n_dec;
 };
 
@@ -415,7 +416,8 @@ static void check_coverage(struct probe_ctx *pc)
     json_t *outs = json_object_get(pc->c->cj, "outputs");
     const char *key;
     json_t *v;
-    json_object_foreach(outs, key, v) {
+    json_object_foreach(outs, key, v)
+    {
         struct tensor ref, pos;
         char alt[64];
         size_t k = strlen(key);

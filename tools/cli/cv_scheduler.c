@@ -26,8 +26,7 @@ static void compare_sched(struct cv_case *c, struct cv_result *r, const char *na
     cv_compare(c, r, name, ours, &ref);
 }
 
-int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                         struct err_msg *em)
+int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em)
 {
     json_t *params = json_object_get(c->cj, "params"), *v;
     struct schedule_config sd3, flux;
@@ -71,7 +70,7 @@ int cv_run_scheduler(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
 /* SD3 schedule (shift 3, 4 steps), one Euler step from each sigma, as a
  * backend op. */
 int cv_run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                              struct err_msg *em)
+                          struct err_msg *em)
 {
     struct backend *be = x->be;
     struct tensor smp, mo, d_s = {0}, d_v = {0}, d_y = {0};
@@ -79,7 +78,8 @@ int cv_run_scheduler_step(struct cv_ctx *x, struct cv_case *c, struct cv_result 
     struct schedule s;
     float *host = NULL;
     int rc;
-    if ((rc = cv_case_tensor(c, "sample", &smp, em)) || (rc = cv_case_tensor(c, "model_output", &mo, em)))
+    if ((rc = cv_case_tensor(c, "sample", &smp, em)) ||
+        (rc = cv_case_tensor(c, "model_output", &mo, em)))
         return rc;
     schedule_config_default(&cfg);
     cfg.shift = 3.0;
@@ -109,4 +109,3 @@ done:
     free(host);
     return rc;
 }
-

@@ -17,10 +17,9 @@ static int case_ids(struct cv_case *c, const char *name, int32_t **out, int *b, 
     struct tensor t;
     if (st_find(c->st, name, &t) != ERR_OK)
         return err_set(em, ERR_NOTFOUND, "%s: tensor \"%s\" missing", c->name, name);
-    if ((t.dtype != DTYPE_I64 && t.dtype != DTYPE_I32) || t.ndim != 2 || t.ne[0] < 1 ||
-        t.ne[1] < 1)
-        return err_set(em, ERR_FORMAT, "%s: tensor \"%s\" must be a [B, L] integer tensor",
-                       c->name, name);
+    if ((t.dtype != DTYPE_I64 && t.dtype != DTYPE_I32) || t.ndim != 2 || t.ne[0] < 1 || t.ne[1] < 1)
+        return err_set(em, ERR_FORMAT, "%s: tensor \"%s\" must be a [B, L] integer tensor", c->name,
+                       name);
     int64_t n = t.ne[0] * t.ne[1];
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     if (!ids)
@@ -60,8 +59,8 @@ static int component_dir(struct cv_case *c, char *dir, size_t n, struct err_msg 
 }
 
 /* Download dev and compare it with the case's reference `name`. */
-static int compare_out(struct backend *be, struct cv_case *c, struct cv_result *r,
-                       const char *name, const struct tensor *dev, struct err_msg *em)
+static int compare_out(struct backend *be, struct cv_case *c, struct cv_result *r, const char *name,
+                       const struct tensor *dev, struct err_msg *em)
 {
     struct tensor ref;
     float *host = NULL;
@@ -95,8 +94,7 @@ int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_resu
     memset(&out, 0, sizeof out);
 
     if ((rc = component_dir(c, dir, sizeof dir, em)) ||
-        (rc = case_ids(c, "input_ids", &ids, &b, &len, em)) ||
-        (rc = te_clip_open(&m, be, dir, em)))
+        (rc = case_ids(c, "input_ids", &ids, &b, &len, em)) || (rc = te_clip_open(&m, be, dir, em)))
         goto done;
     const struct te_clip_config *cfg = te_clip_cfg(m);
     if ((rc = te_clip_work_new(&w, m, b, len))) {
@@ -107,9 +105,8 @@ int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_resu
     if ((rc = backend_alloc_tensor(be, &out.last, DTYPE_F32, 3, (int64_t[]){b, len, d})) ||
         (rc = backend_alloc_tensor(be, &out.penultimate, DTYPE_F32, 3, (int64_t[]){b, len, d})) ||
         (rc = backend_alloc_tensor(be, &out.pooled, DTYPE_F32, 2, (int64_t[]){b, d})) ||
-        (cfg->projection &&
-         (rc = backend_alloc_tensor(be, &out.text_embeds, DTYPE_F32, 2,
-                                    (int64_t[]){b, cfg->projection_dim}))))
+        (cfg->projection && (rc = backend_alloc_tensor(be, &out.text_embeds, DTYPE_F32, 2,
+                                                       (int64_t[]){b, cfg->projection_dim}))))
         goto done;
     if ((rc = te_clip_encode(m, w, ids, b, len, &out))) {
         err_set(em, rc, "%s: encode failed", c->name);
@@ -121,11 +118,12 @@ int cv_run_clip_text_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_resu
     json_t *val;
     json_object_foreach(json_object_get(c->cj, "outputs"), name, val)
     {
-        const struct tensor *dev = strcmp(name, "last_hidden_state") == 0          ? &out.last
-                                   : strcmp(name, "penultimate_hidden_state") == 0 ? &out.penultimate
-                                   : strcmp(name, "pooler_output") == 0            ? &out.pooled
-                                   : strcmp(name, "text_embeds") == 0 ? &out.text_embeds
-                                                                      : NULL;
+        const struct tensor *dev = strcmp(name, "last_hidden_state") == 0 ? &out.last
+                                   : strcmp(name, "penultimate_hidden_state") == 0
+                                       ? &out.penultimate
+                                   : strcmp(name, "pooler_output") == 0 ? &out.pooled
+                                   : strcmp(name, "text_embeds") == 0   ? &out.text_embeds
+                                                                        : NULL;
         if (!dev || !dev->data) {
             rc = err_set(em, ERR_UNSUPPORTED, "%s: output \"%s\" is not produced", c->name, name);
             goto done;
@@ -146,8 +144,7 @@ done:
 
 /* ----------------------------------------------------------------- T5 */
 
-int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                      struct err_msg *em)
+int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em)
 {
     struct backend *be = x->be;
     struct te_t5 *m = NULL;
@@ -166,8 +163,8 @@ int cv_run_t5_encoder(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
         if ((rc = case_ids(c, "attention_mask", &mask, &mb, &ml, em)))
             goto done;
         if (mb != b || ml != len) {
-            rc = err_set(em, ERR_FORMAT, "%s: attention_mask shape differs from input_ids",
-                         c->name);
+            rc =
+                err_set(em, ERR_FORMAT, "%s: attention_mask shape differs from input_ids", c->name);
             goto done;
         }
         rc = ERR_NOMEM;

@@ -55,8 +55,7 @@ fail:
 
 /* --------------------------------------------------------- transformers */
 
-int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
-                           struct err_msg *em)
+int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r, struct err_msg *em)
 {
     struct backend *be = x->be;
     bool flux = strcmp(c->kind, "flux_transformer") == 0;
@@ -71,7 +70,8 @@ int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
     if ((rc = cv_case_tensor(c, "hidden_states", &hs, em)) ||
         (rc = cv_case_tensor(c, "encoder_hidden_states", &ehs, em)) ||
         (rc = cv_case_tensor(c, "pooled_projections", &pooled, em)) ||
-        (rc = cv_case_tensor(c, "timestep", &ts, em)) || (rc = cv_case_tensor(c, "sample", &sample, em)))
+        (rc = cv_case_tensor(c, "timestep", &ts, em)) ||
+        (rc = cv_case_tensor(c, "sample", &sample, em)))
         return rc;
     if ((rc = get_model(x, c, &m, em)))
         return rc;
@@ -120,8 +120,15 @@ int cv_run_transformer(struct cv_ctx *x, struct cv_case *c, struct cv_result *r,
         (rc = backend_alloc_tensor(be, &d_out, DTYPE_F32, 3, (int64_t[]){b, n, tokw})))
         goto done;
     struct dit_inputs in = {
-        .b = b, .n = n, .t = t, .x = &d_x, .pos = &d_pos, .txt = &d_txt,
-        .txt_ids = flux ? &d_tid : NULL, .pooled = &d_pool, .timestep = ts.data,
+        .b = b,
+        .n = n,
+        .t = t,
+        .x = &d_x,
+        .pos = &d_pos,
+        .txt = &d_txt,
+        .txt_ids = flux ? &d_tid : NULL,
+        .pooled = &d_pool,
+        .timestep = ts.data,
     };
     if (flux && cv_case_tensor(c, "guidance", &guid, NULL) == ERR_OK)
         in.guidance = guid.data;
@@ -149,4 +156,3 @@ done:
     free(host_out);
     return rc;
 }
-
