@@ -162,6 +162,10 @@ struct api_field_error {
  * strings (api_gen_params_fini). */
 int api_generate_parse(const char *body, size_t len, const struct config *cfg,
                        struct api_gen_params *out, struct api_field_error *err);
+/* api_generate_parse of the request body; on error answers 400 naming the
+ * field and returns false. */
+bool api_generate_parse_or_400(const struct api_ctx *api, const struct http_req *req,
+                               struct http_resp *resp, struct api_gen_params *out);
 /* The same validation on an already parsed object (borrowed); used by the
  * OpenAI endpoint, which translates its body first. */
 int api_generate_parse_json(const void *root, const struct config *cfg, struct api_gen_params *out,

@@ -596,17 +596,23 @@ int api_submit(struct api_ctx *api, const struct http_req *req, struct api_gen_p
     return ERR_OK;
 }
 
+bool api_generate_parse_or_400(const struct api_ctx *api, const struct http_req *req,
+                               struct http_resp *resp, struct api_gen_params *out)
+{
+    struct api_field_error fe;
+    if (api_generate_parse(req->body, req->body_len, api->cfg, out, &fe) == ERR_OK)
+        return true;
+    http_resp_error(resp, 400, "invalid_argument", fe.field[0] ? fe.field : NULL, "%s", fe.message);
+    return false;
+}
+
 int api_generate_handle(struct api_ctx *api, const struct http_req *req, struct http_resp *resp)
 {
     struct api_gen_params p;
-    struct api_field_error fe;
     struct job *job;
 
-    if (api_generate_parse(req->body, req->body_len, api->cfg, &p, &fe) != ERR_OK) {
-        http_resp_error(resp, 400, "invalid_argument", fe.field[0] ? fe.field : NULL, "%s",
-                        fe.message);
+    if (!api_generate_parse_or_400(api, req, resp, &p))
         return ROUTE_DONE;
-    }
     if (p.format == API_FORMAT_DEFAULT)
         p.format = p.n == 1 && accept_prefers_png(http_req_header(req, "Accept")) ? API_FORMAT_PNG
                                                                                   : API_FORMAT_JSON;

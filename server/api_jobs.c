@@ -419,14 +419,10 @@ static void new_id(struct api_jobs *s, char *id)
 int api_jobs_submit(struct api_ctx *api, const struct http_req *req, struct http_resp *resp)
 {
     struct api_gen_params p;
-    struct api_field_error fe;
     struct job *job;
 
-    if (api_generate_parse(req->body, req->body_len, api->cfg, &p, &fe) != ERR_OK) {
-        http_resp_error(resp, 400, "invalid_argument", fe.field[0] ? fe.field : NULL, "%s",
-                        fe.message);
+    if (!api_generate_parse_or_400(api, req, resp, &p))
         return ROUTE_DONE;
-    }
     if (p.format == API_FORMAT_PNG) {
         api_gen_params_fini(&p);
         http_resp_error(resp, 400, "invalid_argument", "response_format",
