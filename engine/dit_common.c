@@ -82,6 +82,19 @@ void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct t
     op_gated_add(be, x, &p, gate);
 }
 
+void dit_mod_mlp(struct dit *m, struct dit_work *w, struct tensor *x, struct tensor *h,
+                 const struct tensor *mod, bool forecast, const struct bind_lin *fc1,
+                 const struct bind_lin *fc2, const struct dit_module_hook *hk, int id)
+{
+    int64_t d = m->cfg.hidden;
+    struct tensor sh = dit_chunk(mod, 3, d), sc = dit_chunk(mod, 4, d), g = dit_chunk(mod, 5, d);
+    if (!forecast) {
+        op_layer_norm(m->be, h, x, NULL, NULL, LN_EPS);
+        op_modulate(m->be, h, h, &sh, &sc);
+    }
+    dit_mlp(m, w, x, h, fc1, fc2, &g, hk, id);
+}
+
 /* Project rows of x into q/k/v column layout [B, rows, D] and apply per-head
  * rms norms. */
 void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor *x,

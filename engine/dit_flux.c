@@ -71,23 +71,11 @@ static void double_block(struct dit *m, struct dit_work *w, const struct joint_b
     }
     {
         struct tensor hi = WV3(&w->h, b, n, d);
-        struct tensor sh = dit_chunk(&mod, 3, d), sc = dit_chunk(&mod, 4, d),
-                      g = dit_chunk(&mod, 5, d);
-        if (!fc) {
-            op_layer_norm(be, &hi, &x_img, NULL, NULL, LN_EPS);
-            op_modulate(be, &hi, &hi, &sh, &sc);
-        }
-        dit_mlp(m, w, &x_img, &hi, &blk->ff1, &blk->ff2, &g, hk, id + DIT_MOD_IMG_MLP);
+        dit_mod_mlp(m, w, &x_img, &hi, &mod, fc, &blk->ff1, &blk->ff2, hk, id + DIT_MOD_IMG_MLP);
     }
     {
         struct tensor ht = WV3(&w->h, b, t, d);
-        struct tensor sh = dit_chunk(&cmod, 3, d), sc = dit_chunk(&cmod, 4, d),
-                      g = dit_chunk(&cmod, 5, d);
-        if (!fc) {
-            op_layer_norm(be, &ht, &x_txt, NULL, NULL, LN_EPS);
-            op_modulate(be, &ht, &ht, &sh, &sc);
-        }
-        dit_mlp(m, w, &x_txt, &ht, &blk->cff1, &blk->cff2, &g, hk, id + DIT_MOD_TXT_MLP);
+        dit_mod_mlp(m, w, &x_txt, &ht, &cmod, fc, &blk->cff1, &blk->cff2, hk, id + DIT_MOD_TXT_MLP);
     }
 }
 

@@ -141,5 +141,13 @@ void dit_qkv(struct backend *be, const struct dit_config *c, const struct tensor
 void dit_mlp(struct dit *m, struct dit_work *w, struct tensor *x, const struct tensor *h,
              const struct bind_lin *fc1, const struct bind_lin *fc2, const struct tensor *gate,
              const struct dit_module_hook *hk, int id);
+/* The feed-forward half of a joint/double block for one stream: h =
+ * LN(x) * (1 + scale) + shift from the 6-way adaLN chunks of mod (shift 3,
+ * scale 4), then dit_mlp with gate chunk 5. With forecast set the LN and
+ * modulation are skipped (the hook supplies the module's output). h is
+ * scratch of x's shape. */
+void dit_mod_mlp(struct dit *m, struct dit_work *w, struct tensor *x, struct tensor *h,
+                 const struct tensor *mod, bool forecast, const struct bind_lin *fc1,
+                 const struct bind_lin *fc2, const struct dit_module_hook *hk, int id);
 
 #endif
