@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import shapes  # noqa: E402
 
 MIN_AREA = 20      # pixels (128x128); the smallest rendered object is about 100
+MIN_CORE = 8       # interior pixels (all 4 neighbours the same colour) an object must have
 MAX_DIST = 80.0    # RGB distance beyond which a pixel belongs to no palette colour
 NAMES = list(shapes.COLOURS)
 PALETTE = np.array([shapes.COLOURS[c] for c in NAMES], dtype=np.float32)
@@ -88,16 +89,18 @@ def features(ys, xs):
 
 
 def _reference_features():
-    """Mean features of each shape, measured on the generator's own renders."""
+    """Features of each shape at every rendered size, measured on the generator's own
+    renders: {shape: [f per size]}. Kept per size, not averaged: a 22-pixel star's box-filtered
+    tips make it rounder than a 72-pixel one, and the mean over sizes sat nearer the cross."""
     ref = {}
     for s in shapes.SHAPES:
         fs = []
-        for px in (22, 34, 46, 72):
+        for px in sorted({p for d in shapes.PIXELS.values() for p in d.values()}):
             img = shapes.render({"bg": "white", "objects": [
                 {"colour": "red", "shape": s, "size": "large", "x": 64.3, "y": 63.7, "px": px}]})
             for o in segment(img):
                 fs.append(o["f"])
-        ref[s] = np.mean(fs, 0)
+        ref[s] = fs
     return ref
 
 
@@ -114,8 +117,19 @@ def segment(img):
     for ci, name in enumerate(NAMES):
         if np.linalg.norm(PALETTE[ci] - bg) < MAX_DIST:
             continue  # indistinguishable from the background
-        for ys, xs in _components(lab == ci):
-            if len(ys) >= MIN_AREA:
+        mask = lab == ci
+        # Pixels with all four neighbours in the mask: an object has an interior, the
+        # anti-aliased fringe where one colour meets another (yellow fading into black
+        # passes near orange) is a ring one or two pixels wide and has almost none.
+        core = mask.copy()
+        core[1:] &= mask[:-1]
+        core[:-1] &= mask[1:]
+        core[:, 1:] &= mask[:, :-1]
+        core[:, :-1] &= mask[:, 1:]
+        core[[0, -1]] = False
+        core[:, [0, -1]] = False
+        for ys, xs in _components(mask):
+            if len(ys) >= MIN_AREA and core[ys, xs].sum() >= MIN_CORE:
                 objs.append({"colour": name, "area": len(ys), "cx": xs.mean(), "cy": ys.mean(),
                              "f": features(ys, xs)})
     return objs
@@ -129,7 +143,7 @@ def classify(f):
     global _REF
     if _REF is None:
         _REF = _reference_features()
-    return min(_REF, key=lambda s: np.sum(((f - _REF[s]) * _SCALE) ** 2))
+    return min(_REF, key=lambda s: min(np.sum(((f - r) * _SCALE) ** 2) for r in _REF[s]))
 
 
 def _relation_ok(rel, objs):
