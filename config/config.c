@@ -88,6 +88,9 @@ static const struct option options[] = {
         "how long finished async jobs (/v1/jobs) are kept; afterwards they answer 410"),
     INT(job_store_bytes, 0, 68719476736, 0, "268435456", "RALUD_JOB_STORE_BYTES", "BYTES",
         "memory budget for finished async jobs' results; the oldest go first (410) past it"),
+    INT(sse_keepalive_s, 1, 3600, 0, "15", "RALUD_SSE_KEEPALIVE_S", "S",
+        "an event stream (/v1/jobs/{id}/events) with nothing to send gets a ': keep-alive' "
+        "comment line this often, so proxies and load balancers do not close it as idle"),
     INT(batch_max, 1, 64, 0, "4", "RALUD_BATCH_MAX", "N",
         "concurrent requests with the same key (size, steps, guidance, RALU; never with a cache) "
         "run as one "

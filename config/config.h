@@ -48,6 +48,7 @@ struct config {
     int64_t drain_timeout_s; /* SIGTERM: wait this long for in-flight jobs */
     int64_t job_ttl_s;       /* finished async jobs are kept this long */
     int64_t job_store_bytes; /* budget for finished async jobs' results */
+    int64_t sse_keepalive_s; /* idle event streams get a comment line this often */
     int64_t batch_max;       /* requests per batched pipeline call; 1 = off */
     int64_t batch_wait_ms;   /* wait this long for same-key requests to join */
     int64_t idle_timeout_s;  /* idle keep-alive connections are closed after this */

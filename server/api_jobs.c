@@ -11,9 +11,10 @@
  *
  * Event streams are http_streams (server/http.h): each subscriber gets a
  * "status" event at once, "progress" events as the pipeline reports them
- * (api_jobs_poll, after each loop wake-up), and a final "done" event, after
- * which the stream ends. Everything here runs on the loop thread; the only
- * thing workers touch is the struct job (progress under its mutex). */
+ * (api_jobs_poll, after each loop wake-up and at least once a second), a
+ * ": keep-alive" comment line after sse_keepalive_s without a write, and a
+ * final "done" event, after which the stream ends. Everything here runs on the loop thread; the
+ * only thing workers touch is the struct job (progress under its mutex). */
 #define LOG_MODULE "server.jobs"
 #include "server/api.h"
 
@@ -55,6 +56,7 @@ struct job_rec {
     enum rec_status last_sent; /* status last sent to subscribers */
     int last_pos;              /* queue position last sent */
     unsigned progress_seq;     /* progress report last sent */
+    double last_write;         /* store clock: last event or keep-alive to the subscribers */
     bool cancel_requested;
     double created, started, completed; /* unix seconds; 0 = not yet */
     double expires;                     /* monotonic; 0 while in flight */
@@ -288,19 +290,25 @@ static void write_event(struct http_stream *st, const char *event, json_t *data)
     free(d);
 }
 
-/* To every subscriber still there; takes data. */
+/* To every subscriber still there: event with data, or (event NULL) the
+ * SSE comment line ": keep-alive". Takes data. */
 static void send_event(struct job_rec *r, const char *event, json_t *data)
 {
+    static const char ping[] = ": keep-alive\n\n";
     int keep = 0;
     for (int i = 0; i < r->n_subs; i++) {
         if (http_stream_closed(r->subs[i])) {
             http_stream_release(r->subs[i]);
             continue;
         }
-        write_event(r->subs[i], event, json_incref(data));
+        if (event)
+            write_event(r->subs[i], event, json_incref(data));
+        else
+            http_stream_write(r->subs[i], ping, sizeof ping - 1);
         r->subs[keep++] = r->subs[i];
     }
     r->n_subs = keep;
+    r->last_write = store_now(r->api->jobs);
     json_decref(data);
 }
 
@@ -347,6 +355,10 @@ static void poll_rec(struct api_ctx *api, struct job_rec *r)
                        json_pack("{s:s,s:s,s:i,s:i}", "id", r->id, "stage", stage, "step", step,
                                  "total", total));
     }
+    /* A queued job can wait minutes with nothing to report; proxies close
+     * streams that stay silent (60 s is a common idle timeout). */
+    if (r->n_subs && store_now(api->jobs) - r->last_write >= (double)api->cfg->sse_keepalive_s)
+        send_event(r, NULL, NULL);
 }
 
 void api_jobs_poll(struct api_ctx *api)
@@ -551,6 +563,7 @@ int api_jobs_events(struct api_ctx *api, const struct http_req *req, struct http
                         json_pack("{s:s,s:s,s:i,s:i}", "id", r->id, "stage", stage, "step", step,
                                   "total", total));
         r->subs[r->n_subs++] = st;
+        r->last_write = store_now(api->jobs);
     } else { /* finished: the final event, then the stream ends */
         write_event(st, "status",
                     json_pack("{s:s,s:s,s:n}", "id", r->id, "status", status_name(r->final),

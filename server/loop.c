@@ -15,6 +15,9 @@
 /* After the drain deadline cancels jobs, wait this long for them to notice. */
 #define CANCEL_GRACE_S 5.0
 #define DRAIN_TICK_MS 50
+/* on_wakeup also runs this often with nothing to wake it, so periodic work
+ * (SSE keep-alives, job expiry) happens on an idle loop too. */
+#define IDLE_TICK_MS 1000
 
 enum loop_phase { PHASE_SERVING, PHASE_DRAINING, PHASE_CANCELLING, PHASE_STOPPED };
 
@@ -23,7 +26,8 @@ struct loop {
     uv_poll_t poll;       /* MHD's epoll fd */
     uv_timer_t mhd_timer; /* MHD_get_timeout */
     uv_timer_t drain_timer;
-    uv_async_t async; /* the only handle other threads touch */
+    uv_timer_t tick_timer; /* IDLE_TICK_MS, unreferenced: never keeps the loop alive */
+    uv_async_t async;      /* the only handle other threads touch */
     uv_signal_t sigterm, sigint;
     struct MHD_Daemon *mhd;
     struct loop_hooks hooks;
@@ -65,15 +69,18 @@ static void on_poll(uv_poll_t *p, int status, int events)
     rearm(l);
 }
 
-static void on_async(uv_async_t *a)
+static void wakeup(struct loop *l)
 {
-    struct loop *l = a->data;
     if (l->hooks.on_wakeup)
         l->hooks.on_wakeup(l->hooks.ctx);
     /* Completions resume connections; let MHD pick them up now. */
     MHD_run(l->mhd);
     rearm(l);
 }
+
+static void on_tick(uv_timer_t *t) { wakeup(t->data); }
+
+static void on_async(uv_async_t *a) { wakeup(a->data); }
 
 static void stop(struct loop *l)
 {
@@ -85,6 +92,7 @@ static void stop(struct loop *l)
         MHD_run(l->mhd);
     l->phase = PHASE_STOPPED;
     uv_timer_stop(&l->drain_timer);
+    uv_timer_stop(&l->tick_timer);
     uv_stop(&l->uv);
 }
 
@@ -185,6 +193,9 @@ int loop_new(struct loop **out, struct MHD_Daemon *mhd, double drain_timeout_s,
     if ((e = uv_timer_init(&l->uv, &l->drain_timer)) != 0)
         goto uv_fail;
     l->n_handles++;
+    if ((e = uv_timer_init(&l->uv, &l->tick_timer)) != 0)
+        goto uv_fail;
+    l->n_handles++;
     if ((e = uv_async_init(&l->uv, &l->async, on_async)) != 0)
         goto uv_fail;
     l->n_handles++;
@@ -194,12 +205,14 @@ int loop_new(struct loop **out, struct MHD_Daemon *mhd, double drain_timeout_s,
     if ((e = uv_signal_init(&l->uv, &l->sigint)) != 0)
         goto uv_fail;
     l->n_handles++;
-    l->poll.data = l->mhd_timer.data = l->drain_timer.data = l->async.data = l;
+    l->poll.data = l->mhd_timer.data = l->drain_timer.data = l->tick_timer.data = l->async.data = l;
     l->sigterm.data = l->sigint.data = l;
     if ((e = uv_poll_start(&l->poll, UV_READABLE, on_poll)) != 0 ||
         (e = uv_signal_start(&l->sigterm, on_signal, SIGTERM)) != 0 ||
-        (e = uv_signal_start(&l->sigint, on_signal, SIGINT)) != 0)
+        (e = uv_signal_start(&l->sigint, on_signal, SIGINT)) != 0 ||
+        (e = uv_timer_start(&l->tick_timer, on_tick, IDLE_TICK_MS, IDLE_TICK_MS)) != 0)
         goto uv_fail;
+    uv_unref((uv_handle_t *)&l->tick_timer);
     *out = l;
     return ERR_OK;
 
@@ -276,8 +289,9 @@ void loop_free(struct loop *l)
     if (!l)
         return;
     uv_handle_t *handles[] = {
-        (uv_handle_t *)&l->poll,  (uv_handle_t *)&l->mhd_timer, (uv_handle_t *)&l->drain_timer,
-        (uv_handle_t *)&l->async, (uv_handle_t *)&l->sigterm,   (uv_handle_t *)&l->sigint,
+        (uv_handle_t *)&l->poll,       (uv_handle_t *)&l->mhd_timer, (uv_handle_t *)&l->drain_timer,
+        (uv_handle_t *)&l->tick_timer, (uv_handle_t *)&l->async,     (uv_handle_t *)&l->sigterm,
+        (uv_handle_t *)&l->sigint,
     };
     for (int i = 0; i < l->n_handles; i++)
         uv_close(handles[i], NULL);

@@ -300,6 +300,62 @@ START_TEST(test_api_jobs_event_stream_of_a_gone_reader_is_dropped)
 }
 END_TEST
 
+/* A queued job's stream has nothing to report while the job ahead runs: it
+ * gets an SSE comment line once sse_keepalive_s passes without a write. */
+START_TEST(test_api_jobs_quiet_event_stream_gets_keep_alives)
+{
+    char a[64], b[64], path[128], buf[16384];
+    size_t used = 0;
+    bool eof = false;
+    int status;
+
+    submit(a, sizeof a);
+    for (int i = 0; i < 5000; i++) { /* a runs (and stays running); b waits behind it */
+        json_t *j = get(a, &status);
+        bool running = strcmp(str(j, "status"), "running") == 0;
+        json_decref(j);
+        if (running)
+            break;
+        sleep_ms(1);
+    }
+    submit(b, sizeof b);
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", b);
+    struct http_req req = {
+        .method = "GET", .path = path, .request_id = "r", .body = "", .body_len = 0};
+    struct http_resp r;
+    http_resp_init(&r);
+    ck_assert_int_eq(api_jobs_events(&api, &req, &r), ROUTE_DONE);
+    struct http_stream *s = r.stream;
+    r.stream = NULL;
+    http_resp_fini(&r);
+    api_jobs_poll(&api);
+    drain(s, buf, sizeof buf, &used, &eof);
+    ck_assert_ptr_nonnull(strstr(buf, "\"status\":\"queued\""));
+    fake_now += (double)cfg.sse_keepalive_s - 1;
+    api_jobs_poll(&api);
+    drain(s, buf, sizeof buf, &used, &eof);
+    ck_assert_ptr_null(strstr(buf, ": keep-alive"));
+    fake_now += 1;
+    api_jobs_poll(&api);
+    api_jobs_poll(&api); /* one per interval, not one per poll */
+    drain(s, buf, sizeof buf, &used, &eof);
+    const char *ping = strstr(buf, "\n\n: keep-alive\n\n");
+    ck_assert_ptr_nonnull(ping);
+    ping += strlen("\n\n: keep-alive\n\n"); /* what follows the first one */
+    ck_assert_ptr_null(strstr(ping, ": keep-alive"));
+    fake_now += (double)cfg.sse_keepalive_s;
+    api_jobs_poll(&api);
+    drain(s, buf, sizeof buf, &used, &eof);
+    ck_assert_ptr_nonnull(strstr(ping, ": keep-alive"));
+    atomic_store(&release, true);
+    pump();
+    drain(s, buf, sizeof buf, &used, &eof);
+    ck_assert(eof);
+    ck_assert_ptr_nonnull(strstr(buf, "event: done\ndata: "));
+    http_stream_close(s);
+}
+END_TEST
+
 static Suite *api_jobs_suite(void)
 {
     Suite *s = suite_create("api_jobs");
@@ -312,6 +368,7 @@ static Suite *api_jobs_suite(void)
     tcase_add_test(tc, test_api_jobs_budget_evicts_oldest_finished);
     tcase_add_test(tc, test_api_jobs_events_stream_status_progress_and_done);
     tcase_add_test(tc, test_api_jobs_event_stream_of_a_gone_reader_is_dropped);
+    tcase_add_test(tc, test_api_jobs_quiet_event_stream_gets_keep_alives);
     suite_add_tcase(s, tc);
     return s;
 }
