@@ -145,7 +145,7 @@ def write(a, rows, cached):
          "finds fully correct (colour, shape, count and, for 2-3 objects, position). PSNR/SSIM "
          "against the baseline image of the same caption and seed. Speed-up = baseline denoise "
          "time / this configuration's, both measured in this one run (mean per image, "
-         "--threads %d, a shared machine: expect noise); FLOPs are the transformer's, from "
+         "--threads %d; bench/RESULTS.md says whether the machine was idle); FLOPs are the transformer's, from "
          "the CLI." % (a.n, a.threads), ""]
     if not cached:
         L += ["Feature caching (`--cache`) was not available in this build, so the cache rows "
