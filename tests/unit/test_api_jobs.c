@@ -236,6 +236,17 @@ START_TEST(test_api_jobs_budget_evicts_oldest_finished)
 }
 END_TEST
 
+/* GET /v1/jobs/{id}/events into r (initialised here); the route's code. */
+static int open_events(const char *id, struct http_resp *r)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", id);
+    struct http_req req = {
+        .method = "GET", .path = path, .request_id = "r", .body = "", .body_len = 0};
+    http_resp_init(r);
+    return api_jobs_events(&api, &req, r);
+}
+
 /* Read what the stream holds now. */
 static void drain(struct http_stream *s, char *buf, size_t n, size_t *used, bool *eof)
 {
@@ -245,17 +256,13 @@ static void drain(struct http_stream *s, char *buf, size_t n, size_t *used, bool
 
 START_TEST(test_api_jobs_events_stream_status_progress_and_done)
 {
-    char a[64], path[128], buf[16384];
+    char a[64], buf[16384];
     size_t used = 0;
     bool eof = false;
 
     submit(a, sizeof a);
-    snprintf(path, sizeof path, "/v1/jobs/%s/events", a);
-    struct http_req req = {
-        .method = "GET", .path = path, .request_id = "r", .body = "", .body_len = 0};
     struct http_resp r;
-    http_resp_init(&r);
-    ck_assert_int_eq(api_jobs_events(&api, &req, &r), ROUTE_DONE);
+    ck_assert_int_eq(open_events(a, &r), ROUTE_DONE);
     ck_assert_int_eq(r.status, 200);
     ck_assert_str_eq(r.content_type, "text/event-stream");
     struct http_stream *s = r.stream; /* the reader's reference, as the glue takes it */
@@ -285,15 +292,11 @@ END_TEST
 
 START_TEST(test_api_jobs_event_stream_of_a_gone_reader_is_dropped)
 {
-    char a[64], path[128];
+    char a[64];
 
     submit(a, sizeof a);
-    snprintf(path, sizeof path, "/v1/jobs/%s/events", a);
-    struct http_req req = {
-        .method = "GET", .path = path, .request_id = "r", .body = "", .body_len = 0};
     struct http_resp r;
-    http_resp_init(&r);
-    api_jobs_events(&api, &req, &r);
+    open_events(a, &r);
     http_resp_fini(&r); /* the reader goes away before reading anything */
     atomic_store(&release, true);
     pump(); /* writes to the closed stream are dropped; ASan sees no leak */
@@ -304,7 +307,7 @@ END_TEST
  * gets an SSE comment line once sse_keepalive_s passes without a write. */
 START_TEST(test_api_jobs_quiet_event_stream_gets_keep_alives)
 {
-    char a[64], b[64], path[128], buf[16384];
+    char a[64], b[64], buf[16384];
     size_t used = 0;
     bool eof = false;
     int status;
@@ -319,12 +322,8 @@ START_TEST(test_api_jobs_quiet_event_stream_gets_keep_alives)
         sleep_ms(1);
     }
     submit(b, sizeof b);
-    snprintf(path, sizeof path, "/v1/jobs/%s/events", b);
-    struct http_req req = {
-        .method = "GET", .path = path, .request_id = "r", .body = "", .body_len = 0};
     struct http_resp r;
-    http_resp_init(&r);
-    ck_assert_int_eq(api_jobs_events(&api, &req, &r), ROUTE_DONE);
+    ck_assert_int_eq(open_events(b, &r), ROUTE_DONE);
     struct http_stream *s = r.stream;
     r.stream = NULL;
     http_resp_fini(&r);

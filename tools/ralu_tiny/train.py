@@ -163,6 +163,35 @@ def to_tensor(u8):
     return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def foreground(u8):
+    """Object pixels of uint8 images [..., H, W, 3]: those unlike the top-left corner (the
+    background in every layout) -> bool [..., H, W]."""
+    px = u8.astype(np.int16)
+    return np.abs(px - px[..., :1, :1, :]).sum(-1) > 60
+
+
+def load_vae(a, retries=1):
+    """The work folder's VAE in eval mode. retries > 1: a concurrent decoder-only run may be
+    replacing the file, so a failed read is retried after 2 s."""
+    vae = make_vae()
+    for i in range(retries):
+        try:
+            vae.load_state_dict(torch.load(os.path.join(a.work, "vae.pt")))
+            break
+        except Exception:  # noqa: BLE001
+            if i + 1 == retries:
+                raise
+            time.sleep(2)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, imgs):
+    """Posterior means of uint8 images, 64 at a time -> [n, 16, H/8, W/8]."""
+    return torch.cat([vae.encode(to_tensor(imgs[i:i + 64])).latent_dist.mean
+                      for i in range(0, len(imgs), 64)])
+
+
 def phase_vae(a):
     path = os.path.join(a.work, "vae.pt")
     vae = make_vae()
@@ -190,7 +219,7 @@ def phase_vae(a):
             # corner colour, the background): random crops are mostly background.
             crops = []
             for im in batch:
-                fg = np.argwhere(np.abs(im.astype(np.int16) - im[0, 0]).sum(-1) > 60)
+                fg = np.argwhere(foreground(im))
                 y0, x0 = rng.integers(0, shapes.SIZE - crop + 1, 2)
                 if len(fg) and rng.random() < 0.75:
                     cy, cx = fg[rng.integers(len(fg))]
@@ -256,12 +285,7 @@ def phase_whiten(a):
     backgrounds and blobs but not colours. Whitened, every direction gets the same
     signal-to-noise ratio along the schedule. Directions with variance under --whiten-floor
     (of the largest) are not amplified past it, so near-empty directions stay small."""
-    vae = make_vae()
-    vae.load_state_dict(torch.load(os.path.join(a.work, "vae.pt")))
-    vae.eval()
-    imgs = load_images(a)[:4000]
-    z = torch.cat([vae.encode(to_tensor(imgs[i:i + 64])).latent_dist.mean
-                   for i in range(0, len(imgs), 64)])
+    z = encode_all(load_vae(a), load_images(a)[:4000])
     zz = z.permute(0, 2, 3, 1).reshape(-1, 16).double()
     ev, u = torch.linalg.eigh(torch.cov(zz.T))
     sd = ev.clamp(min=a.whiten_floor * ev.max().item()).sqrt()
@@ -274,14 +298,9 @@ def phase_whiten(a):
 
 @torch.no_grad()
 def phase_cache(a):
-    vae = make_vae()
-    vae.load_state_dict(torch.load(os.path.join(a.work, "vae.pt")))
-    vae.eval()
+    vae = load_vae(a)
     imgs = load_images(a)[:a.n_cache]
-    zs = []
-    for i in range(0, len(imgs), 64):
-        zs.append(vae.encode(to_tensor(imgs[i:i + 64])).latent_dist.mean)
-    z = torch.cat(zs)
+    z = encode_all(vae, imgs)
     rec = vae.decode(z[:64]).sample
     w, _ = load_whiten(a)
     if w is not None:
@@ -320,18 +339,10 @@ def sample(net, scenes, shift, scale, vae, steps=14, seed=0, winv=None):
     return ((img.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
 
 
-def evaluate(net, c, vae_path, n=30, steps=14, winv=None):
+def evaluate(net, c, vae, n=30, steps=14, winv=None):
     """Checker score of n held-out captions (bench/quality/checker.py) -> dict."""
     sys.path.insert(0, os.path.join(REPO, "bench", "quality"))
     import checker
-    vae = make_vae()
-    for _ in range(5):  # a concurrent decoder-only run may be replacing the file
-        try:
-            vae.load_state_dict(torch.load(vae_path))
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(2)
-    vae.eval()
     scenes = shapes.heldout_scenes(n)
     imgs = sample(net, scenes, c["shift"], c["scale"], vae, steps, winv=winv)
     return checker.score([checker.check(i, s) for i, s in zip(imgs, scenes)])
@@ -372,9 +383,8 @@ def phase_dit(a):
         imgs = load_images(a)[:n]
         fr = []
         for i in range(0, n, 1000):
-            b = imgs[i:i + 1000].astype(np.int16)
-            fg = (np.abs(b - b[:, :1, :1]).sum(-1) > 60).astype(np.float32)
-            fr.append(fg.reshape(len(b), h // 2, 16, w // 2, 16).mean((2, 4)).reshape(len(b), -1))
+            fg = foreground(imgs[i:i + 1000]).astype(np.float32)
+            fr.append(fg.reshape(len(fg), h // 2, 16, w // 2, 16).mean((2, 4)).reshape(len(fg), -1))
         tok_w = 1 + a.dit_focus * torch.from_numpy(np.concatenate(fr))
     t0 = time.time()
     t_end, t_ck, t_ev, avg = t0 + 60 * a.dit_min, t0, t0, None
@@ -427,7 +437,7 @@ def phase_dit(a):
             t_ck = time.time()
         if a.eval_min > 0 and time.time() - t_ev > 60 * a.eval_min:
             ema.eval()
-            r = evaluate(ema, c, os.path.join(a.work, "vae.pt"), winv=load_whiten(a)[1])
+            r = evaluate(ema, c, load_vae(a, retries=5), winv=load_whiten(a)[1])
             log("dit eval step %d (EMA, 30 held-out, 14 steps): %s" % (
                 step, " ".join("%s %.3f" % kv for kv in r.items())))
             t_ev = time.time()
@@ -446,8 +456,7 @@ def phase_export(a):
     out = a.out
     c = torch.load(os.path.join(a.work, "cache.pt"))
     s = torch.load(os.path.join(a.work, "dit.pt"))
-    vae, net = make_vae(), Net()
-    vae.load_state_dict(torch.load(os.path.join(a.work, "vae.pt")))
+    vae, net = load_vae(a), Net()
     net.load_state_dict(s["ema" if a.use_ema else "net"])
     dit, clip, t5 = net.dit, net.clip, net.t5
     w, winv = load_whiten(a)
