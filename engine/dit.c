@@ -636,7 +636,12 @@ int dit_forward(struct dit *m, struct dit_work *w, const struct dit_inputs *in, 
 double dit_flops_embed(const struct dit_config *c, int b, int n, int t)
 {
     double d = c->hidden, tok = dit_token_dim(c);
-    return (2.0 * n * tok * d + 2.0 * t * c->joint_attention_dim * d) * b;
+    /* Per sample: the timestep MLP (256 -> d -> d), the pooled-text MLP (p -> d -> d) and
+     * FLUX-dev's guidance MLP (256 -> d -> d). */
+    double cond = 2.0 * (256 * d + d * d) + 2.0 * (c->pooled_projection_dim * d + d * d);
+    if (c->family == DIT_FLUX && c->guidance_embeds)
+        cond += 2.0 * (256 * d + d * d);
+    return (2.0 * n * tok * d + 2.0 * t * c->joint_attention_dim * d + cond) * b;
 }
 
 double dit_flops_blocks(const struct dit_config *c, int first, int last, int b, int n, int t)
@@ -650,19 +655,25 @@ double dit_flops_blocks(const struct dit_config *c, int first, int last, int b, 
         f += 4.0 * (n + tq) * l * d;                    /* scores + weighted sum */
         f += 2.0 * (n + tq) * d * d;                    /* out projections */
         f += 2.0 * 2 * (n + tq) * d * mlp;              /* MLPs */
-        if (c->family == DIT_SD3 && c->dual_attention[i])
+        bool dual = c->family == DIT_SD3 && c->dual_attention[i];
+        if (dual)
             f += 2.0 * n * d * 4 * d + 4.0 * n * n * d;
+        /* adaLN modulation, once per sample: 6 (MMDiT-X: 9) rows of d for the image
+         * stream, 6 for the text stream (2 in a pre-only block). */
+        f += 2.0 * d * d * ((dual ? 9 : 6) + (pre ? 2 : 6));
     }
     if (c->family == DIT_FLUX)
         for (int i = first > c->num_layers ? first : c->num_layers; i < last; i++)
-            f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d;
+            f += 2.0 * l * d * (3 * d + mlp) + 4.0 * l * l * d + 2.0 * l * (d + mlp) * d +
+                 2.0 * d * 3 * d; /* + adaLN: shift, scale, gate */
     return f * b;
 }
 
 double dit_flops_final(const struct dit_config *c, int b, int n, int t)
 {
     (void)t;
-    return 2.0 * n * c->hidden * dit_token_dim(c) * b;
+    double d = c->hidden; /* norm_out's adaLN (shift, scale) once per sample, then proj_out */
+    return (2.0 * d * 2 * d + 2.0 * n * d * dit_token_dim(c)) * b;
 }
 
 double dit_flops(const struct dit_config *c, int b, int n, int t)

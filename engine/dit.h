@@ -151,7 +151,8 @@ void dit_first_modulated(struct dit *m, struct dit_work *w, const struct dit_inp
                          struct tensor *out);
 
 /* FLOPs of one forward for b samples, n image and t text tokens (matmuls and
- * attention, 2 per multiply-add). The one place FLOPs are counted. */
+ * attention, 2 per multiply-add; the per-sample conditioning MLPs and adaLN
+ * modulation linears included). The one place FLOPs are counted. */
 double dit_flops(const struct dit_config *cfg, int b, int n, int t);
 /* The same count split by stage: embeddings, blocks [first, last), final
  * projection (dit_flops = their sum). */
