@@ -95,6 +95,11 @@ def caption(scene):
     return s + " on a %s background" % scene["bg"]
 
 
+def count_objects(caption_text):
+    """Number of objects a caption of these templates names (one size word each)."""
+    return sum(w in SIZES for w in caption_text.replace(",", " ").split())
+
+
 def random_scene(rng, n=None):
     n = n or rng.choice([1, 2, 2, 3, 3])
     cols = rng.sample(list(COLOURS), n)  # distinct colours within an image

@@ -138,6 +138,46 @@ def img_ids(h, w):
     return ids.reshape(-1, 3)
 
 
+def caption_places(caption):
+    """Where a caption of the templates puts each object (shapes.random_scene's layout without
+    jitter), scaled to about [-1, 1]: [(x, y)] in caption order."""
+    n = shapes.count_objects(caption)
+    if n == 1:
+        xy = [(64, 64)]
+    elif n == 2:
+        rel = next(r for r in shapes.RELATIONS2 if " %s a " % r in caption)
+        a, b = (36, 92) if rel in ("left of", "above") else (92, 36)
+        xy = [(a, 64), (b, 64)] if rel in ("left of", "right of") else [(64, a), (64, b)]
+    else:
+        xy = [(22 + 42 * i, 64) for i in range(3)]
+        if "in a column" in caption:
+            xy = [(y, x) for x, y in xy]
+    return [((x - 64) / 42.0, (y - 64) / 42.0) for x, y in xy]
+
+
+def place_targets(captions, ids_t5):
+    """Auxiliary targets for the T5 encoder: for every T5 token of an object's words (size,
+    colour, shape) the place the caption gives that object -> (targets [n, L, 2], mask [n, L]).
+    Training a linear read-out of these from T5's output (the `--dit-place` loss) asks the
+    encoder to say at each object's words where the object goes, which is what the
+    transformer needs to put two or three objects in the caption's order."""
+    _, tt = make_tokenizers()
+    n, L = ids_t5.shape
+    tgt, mask = torch.zeros(n, L, 2), torch.zeros(n, L)
+    for i, cap in enumerate(captions):
+        places, obj, k = caption_places(cap), -1, 0
+        for j, tok in enumerate(tt.convert_ids_to_tokens(ids_t5[i].tolist())):
+            if tok.startswith("\u2581"):  # a new word
+                word = tok[1:].strip(",")
+                if word in shapes.SIZES:
+                    obj, k = obj + 1, 3  # this word and the next two belong to object obj
+                k -= 1
+            if k >= 0 and obj >= 0 and tok not in (",", "</s>", "<pad>"):
+                tgt[i, j] = torch.tensor(places[obj])
+                mask[i, j] = 1
+    return tgt, mask
+
+
 # ---------------------------------------------------------------- phases
 
 def phase_data(a):
@@ -386,24 +426,47 @@ def phase_dit(a):
             fg = foreground(imgs[i:i + 1000]).astype(np.float32)
             fr.append(fg.reshape(len(fg), h // 2, 16, w // 2, 16).mean((2, 4)).reshape(len(fg), -1))
         tok_w = 1 + a.dit_focus * torch.from_numpy(np.concatenate(fr))
+    place = None
+    if a.dit_place > 0:
+        caps = open(os.path.join(a.work, "train", "captions.txt")).read().splitlines()[:n]
+        p_tgt, p_mask = place_targets(caps, it)
+        place = torch.nn.Linear(64, 2)  # the read-out; a training aid, not exported
+        if step and "place" in s:
+            place.load_state_dict(s["place"])
+        p_opt = torch.optim.AdamW(place.parameters(), lr=a.dit_lr, weight_decay=0.0)
+    pick = None
+    if a.dit_multi != 1.0:
+        # Draw two- and three-object images dit_multi times as often as one-object ones: a
+        # single object is placed and coloured right long before two or three are put in the
+        # caption's order, which is where the remaining error is.
+        caps = open(os.path.join(a.work, "train", "captions.txt")).read().splitlines()[:n]
+        pick = torch.tensor([1.0 if shapes.count_objects(cp) == 1 else a.dit_multi
+                             for cp in caps])
     t0 = time.time()
     t_end, t_ck, t_ev, avg = t0 + 60 * a.dit_min, t0, t0, None
     step0 = step
     net.train()
 
     def save():
-        torch.save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "step": step}, path + ".tmp")
+        ck = {"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+              "step": step}
+        if place is not None:
+            ck["place"] = place.state_dict()
+        torch.save(ck, path + ".tmp")
         os.replace(path + ".tmp", path)
 
     while time.time() < t_end:
-        idx = torch.randint(0, n, (a.dit_bs,), generator=gen)
+        if pick is None:
+            idx = torch.randint(0, n, (a.dit_bs,), generator=gen)
+        else:
+            idx = torch.multinomial(pick, a.dit_bs, replacement=True, generator=gen)
         x0 = pack(z[idx])
         bc, bt = ic[idx].clone(), it[idx].clone()
         drop = torch.rand(a.dit_bs, generator=gen) < a.drop
         bc[drop], bt[drop] = c["empty_clip"][0], c["empty_t5"][0]
         cp, cc = net.encode(bc, bt)
-        sig = torch.sigmoid(torch.randn(a.dit_bs, generator=gen))  # logit-normal(0, 1)
+        # logit-normal(m, 1): m > 0 leans to high noise, where the layout is decided
+        sig = torch.sigmoid(a.dit_tmean + torch.randn(a.dit_bs, generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - sig[:, None, None]) * x0 + sig[:, None, None] * noise
         v = net.dit(hidden_states=xt, encoder_hidden_states=cc, pooled_projections=cp,
@@ -413,6 +476,13 @@ def phase_dit(a):
         else:
             wt = tok_w[idx]
             loss = (((v - noise + x0) ** 2).mean(-1) * wt).sum() / wt.sum()
+        if place is not None:  # where each object goes, read from T5's output at its words
+            pm = p_mask[idx] * (~drop)[:, None].float()
+            perr = ((place(cc) - p_tgt[idx]) ** 2).sum(-1)
+            ploss = (perr * pm).sum() / pm.sum().clamp(min=1)
+            loss_all = loss + a.dit_place * ploss
+        else:
+            loss_all = loss
         # Warm-up, then cosine decay to a tenth over this run's time budget.
         frac = min(1.0, (time.time() - t0) / (60 * a.dit_min))
         lr = a.dit_lr * min(1.0, (step - step0 + 1) / 200) * \
@@ -420,9 +490,15 @@ def phase_dit(a):
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if place is not None:
+            p_opt.zero_grad(set_to_none=True)
+            for g in p_opt.param_groups:
+                g["lr"] = lr
+        loss_all.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if place is not None:
+            p_opt.step()
         step += 1
         d = min(a.ema, (1 + step) / (10 + step))
         with torch.no_grad():
@@ -431,7 +507,9 @@ def phase_dit(a):
                     pe.lerp_(pm, 1 - d)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
-            log("dit step %d loss %.4f (avg %.4f) lr %.2e" % (step, loss.item(), avg, lr))
+            log("dit step %d loss %.4f (avg %.4f) lr %.2e%s" % (
+                step, loss.item(), avg, lr,
+                "" if place is None else " place %.4f" % ploss.item()))
         if time.time() - t_ck > 180:
             save()
             t_ck = time.time()
@@ -556,6 +634,13 @@ def main():
     ap.add_argument("--drop", type=float, default=0.1)
     ap.add_argument("--dit-focus", type=float, default=0.0,
                     help="extra loss weight on object tokens (see phase_dit)")
+    ap.add_argument("--dit-multi", type=float, default=1.0,
+                    help="sampling weight of two- and three-object images (one-object: 1)")
+    ap.add_argument("--dit-tmean", type=float, default=0.0,
+                    help="mean of the logit-normal timestep density (0: SD3's default)")
+    ap.add_argument("--dit-place", type=float, default=0.0,
+                    help="weight of the auxiliary loss: each object's place read from T5's "
+                         "output at its words")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--eval-min", type=float, default=5,
                     help="dit phase: score 30 held-out captions every this many minutes")
