@@ -465,8 +465,7 @@ def phase_dit(a):
         drop = torch.rand(a.dit_bs, generator=gen) < a.drop
         bc[drop], bt[drop] = c["empty_clip"][0], c["empty_t5"][0]
         cp, cc = net.encode(bc, bt)
-        # logit-normal(m, 1): m > 0 leans to high noise, where the layout is decided
-        sig = torch.sigmoid(a.dit_tmean + torch.randn(a.dit_bs, generator=gen))
+        sig = torch.sigmoid(torch.randn(a.dit_bs, generator=gen))  # logit-normal(0, 1)
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - sig[:, None, None]) * x0 + sig[:, None, None] * noise
         v = net.dit(hidden_states=xt, encoder_hidden_states=cc, pooled_projections=cp,
@@ -636,8 +635,6 @@ def main():
                     help="extra loss weight on object tokens (see phase_dit)")
     ap.add_argument("--dit-multi", type=float, default=1.0,
                     help="sampling weight of two- and three-object images (one-object: 1)")
-    ap.add_argument("--dit-tmean", type=float, default=0.0,
-                    help="mean of the logit-normal timestep density (0: SD3's default)")
     ap.add_argument("--dit-place", type=float, default=0.0,
                     help="weight of the auxiliary loss: each object's place read from T5's "
                          "output at its words")
