@@ -100,6 +100,18 @@ def count_objects(caption_text):
     return sum(w in SIZES for w in caption_text.replace(",", " ").split())
 
 
+def layout(n, rel):
+    """Object centres [(x, y)] in caption order for n objects in relation rel (None for one),
+    before jitter: one in the centre, two near/far along the relation's axis, three evenly."""
+    if n == 1:
+        return [(64, 64)]
+    along = ([36, 92] if rel in ("left of", "above") else [92, 36]) if n == 2 else \
+        [22 + 42 * i for i in range(3)]
+    if rel in ("left of", "right of", "in a row"):
+        return [(p, 64) for p in along]
+    return [(64, p) for p in along]
+
+
 def random_scene(rng, n=None):
     n = n or rng.choice([1, 2, 2, 3, 3])
     cols = rng.sample(list(COLOURS), n)  # distinct colours within an image
@@ -109,24 +121,17 @@ def random_scene(rng, n=None):
     # Positions follow from the caption up to a small jitter (JITTER px): the layout is the
     # prompt's, and a model this small, trained this briefly on a CPU, spends its capacity on
     # binding colours and shapes to places rather than on a wide spread of positions.
-    j = lambda a: rng.uniform(-a, a)  # noqa: E731
-    rel = None
-    if n == 1:
-        obs[0]["x"], obs[0]["y"] = 64 + j(JITTER), 64 + j(JITTER)
-    elif n == 2:
-        rel = rng.choice(RELATIONS2)
-        near, far = 36 + j(JITTER), 92 + j(JITTER)
+    j = lambda: rng.uniform(-JITTER, JITTER)  # noqa: E731
+    rel = None if n == 1 else rng.choice(RELATIONS2 if n == 2 else RELATIONS3)
+    if n == 2:  # drawn as near, far, then across (the order every seeded set was made with)
+        near, far, c1, c2 = j(), j(), j(), j()
         a, b = (near, far) if rel in ("left of", "above") else (far, near)
-        o1, o2 = 64 + j(JITTER), 64 + j(JITTER)
-        if rel in ("left of", "right of"):
-            obs[0]["x"], obs[1]["x"], obs[0]["y"], obs[1]["y"] = a, b, o1, o2
-        else:
-            obs[0]["y"], obs[1]["y"], obs[0]["x"], obs[1]["x"] = a, b, o1, o2
+        jit = [(a, c1), (b, c2)]
     else:
-        rel = rng.choice(RELATIONS3)
-        for i, o in enumerate(obs):
-            along, across = 22 + 42 * i + j(JITTER), 64 + j(JITTER)
-            o["x"], o["y"] = (along, across) if rel == "in a row" else (across, along)
+        jit = [(j(), j()) for _ in range(n)]  # along, then across, per object
+    horiz = rel in (None, "left of", "right of", "in a row")
+    for o, (x, y), (da, dc) in zip(obs, layout(n, rel), jit):
+        o["x"], o["y"] = (x + da, y + dc) if horiz else (x + dc, y + da)
     return {"bg": rng.choice(list(BACKGROUNDS)), "objects": obs, "relation": rel}
 
 

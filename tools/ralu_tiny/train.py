@@ -139,20 +139,12 @@ def img_ids(h, w):
 
 
 def caption_places(caption):
-    """Where a caption of the templates puts each object (shapes.random_scene's layout without
-    jitter), scaled to about [-1, 1]: [(x, y)] in caption order."""
+    """Where a caption of the templates puts each object (shapes.layout, no jitter), scaled
+    to about [-1, 1]: [(x, y)] in caption order."""
     n = shapes.count_objects(caption)
-    if n == 1:
-        xy = [(64, 64)]
-    elif n == 2:
-        rel = next(r for r in shapes.RELATIONS2 if " %s a " % r in caption)
-        a, b = (36, 92) if rel in ("left of", "above") else (92, 36)
-        xy = [(a, 64), (b, 64)] if rel in ("left of", "right of") else [(64, a), (64, b)]
-    else:
-        xy = [(22 + 42 * i, 64) for i in range(3)]
-        if "in a column" in caption:
-            xy = [(y, x) for x, y in xy]
-    return [((x - 64) / 42.0, (y - 64) / 42.0) for x, y in xy]
+    rels = shapes.RELATIONS2 if n == 2 else shapes.RELATIONS3 if n == 3 else []
+    rel = next((r for r in rels if " %s " % r in caption), None)
+    return [((x - 64) / 42.0, (y - 64) / 42.0) for x, y in shapes.layout(n, rel)]
 
 
 def place_targets(captions, ids_t5):
@@ -426,9 +418,9 @@ def phase_dit(a):
             fg = foreground(imgs[i:i + 1000]).astype(np.float32)
             fr.append(fg.reshape(len(fg), h // 2, 16, w // 2, 16).mean((2, 4)).reshape(len(fg), -1))
         tok_w = 1 + a.dit_focus * torch.from_numpy(np.concatenate(fr))
+    caps = open(os.path.join(a.work, "train", "captions.txt")).read().splitlines()[:n]
     place = None
     if a.dit_place > 0:
-        caps = open(os.path.join(a.work, "train", "captions.txt")).read().splitlines()[:n]
         p_tgt, p_mask = place_targets(caps, it)
         place = torch.nn.Linear(64, 2)  # the read-out; a training aid, not exported
         if step and "place" in s:
@@ -439,7 +431,6 @@ def phase_dit(a):
         # Draw two- and three-object images dit_multi times as often as one-object ones: a
         # single object is placed and coloured right long before two or three are put in the
         # caption's order, which is where the remaining error is.
-        caps = open(os.path.join(a.work, "train", "captions.txt")).read().splitlines()[:n]
         pick = torch.tensor([1.0 if shapes.count_objects(cp) == 1 else a.dit_multi
                              for cp in caps])
     t0 = time.time()
