@@ -459,8 +459,13 @@ def phase_dit(a):
         sig = torch.sigmoid(torch.randn(a.dit_bs, generator=gen))  # logit-normal(0, 1)
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - sig[:, None, None]) * x0 + sig[:, None, None] * noise
-        v = net.dit(hidden_states=xt, encoder_hidden_states=cc, pooled_projections=cp,
-                    timestep=sig, img_ids=ids_img, txt_ids=ids_txt, return_dict=False)[0]
+        # bf16 autocast (weights, optimiser and loss stay fp32) on this machine's AVX512-BF16
+        # cores at batch 32: 1.27x the steps/s of a bare training step, about 1.1x in this
+        # loop; torch.compile added nothing on top.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dit_bf16):
+            v = net.dit(hidden_states=xt, encoder_hidden_states=cc, pooled_projections=cp,
+                        timestep=sig, img_ids=ids_img, txt_ids=ids_txt, return_dict=False)[0]
+        v = v.float()
         if tok_w is None:
             loss = F.mse_loss(v, noise - x0)
         else:
@@ -629,6 +634,8 @@ def main():
     ap.add_argument("--dit-place", type=float, default=0.0,
                     help="weight of the auxiliary loss: each object's place read from T5's "
                          "output at its words")
+    ap.add_argument("--dit-bf16", action="store_true",
+                    help="run the transformer's forward and backward under bf16 autocast")
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--eval-min", type=float, default=5,
                     help="dit phase: score 30 held-out captions every this many minutes")
