@@ -31,7 +31,7 @@ ASAN_DIR=build-asan
 # everything else is needed to build and test.
 PACKAGES_REQUIRED=(build-essential cmake pkg-config check libsubunit-dev libjansson-dev
                    libuv1-dev libmicrohttpd-dev libpng-dev curl python3 python3-jsonschema
-                   python3-yaml)
+                   python3-yaml python3-numpy python3-pil)
 PACKAGES_OPTIONAL=(clang libclang-rt-14-dev clang-format)
 
 START=$SECONDS

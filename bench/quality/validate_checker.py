@@ -5,7 +5,8 @@ on 300 scenes drawn like the training data. It must score
   - the renders paired with shuffled captions <= 0.35,
   - the renders paired with their own captions but every object's shape named as another
     shape <= 0.05 (the shape test must fail a wrong shape, not only a wrong caption).
-Writes bench/quality/checker_validation.json.
+Writes bench/quality/checker_validation.json (not with --no-write); exits 1 unless all pass.
+CTest runs it as `checker_validation`.
 
     python bench/quality/validate_checker.py
 """
@@ -54,9 +55,10 @@ def main():
            "random_300": validate([shapes.sample(rng) for _ in range(300)])}
     res["pass"] = all(v["pass"] for v in res.values())
     print(json.dumps(res, indent=2))
-    with open(os.path.join(HERE, "checker_validation.json"), "w") as f:
-        json.dump(res, f, indent=2)
-        f.write("\n")
+    if "--no-write" not in sys.argv[1:]:  # CI checks without touching the source tree
+        with open(os.path.join(HERE, "checker_validation.json"), "w") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
     return 0 if res["pass"] else 1
 
 
