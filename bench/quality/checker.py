@@ -65,12 +65,7 @@ def _coverage(shape, side, cx, cy, x0, y0, w, h):
     as shapes.render draws it, on the w x h pixel window whose top-left corner is (x0, y0)."""
     ss = shapes.SS
     im = Image.new("L", (w * ss, h * ss), 0)
-    d = ImageDraw.Draw(im)
-    p = shapes._shape_poly(shape, (cx - x0) * ss, (cy - y0) * ss, side * ss)
-    if isinstance(p, tuple):
-        d.ellipse(p[1], fill=255)
-    else:
-        d.polygon(p, fill=255)
+    shapes.draw_shape(ImageDraw.Draw(im), shape, (cx - x0) * ss, (cy - y0) * ss, side * ss, 255)
     return np.asarray(im.resize((w, h), Image.BOX), np.float32) / 255
 
 
@@ -118,12 +113,13 @@ def shape_ious(ys, xs):
     m = np.zeros((h, w), bool)
     m[ys - y0, xs - x0] = True
     m = _fill_holes(m)
+    area = m.sum()
     my, mx = ys.mean() + 0.5, xs.mean() + 0.5
     out = {}
     for s, (a, dx, dy) in _GEO.items():
         best = 0.0
         for k in (0.94, 1.0, 1.06):
-            side = k * np.sqrt(m.sum() / a)
+            side = k * np.sqrt(area / a)
             t = _coverage(s, side, mx - dx * side, my - dy * side, x0, y0, w, h) >= 0.5
             best = max(best, float((t & m).sum() / (t | m).sum()))
         out[s] = best

@@ -33,6 +33,7 @@ SIZES = ["small", "large"]
 # caption order) or "in a column" (top to bottom).
 RELATIONS2 = ["left of", "right of", "above", "below"]
 RELATIONS3 = ["in a row", "in a column"]
+HORIZONTAL = ("left of", "right of", "in a row")  # relations laid out along x
 # Object size (bounding box side, pixels) by object count and size word.
 PIXELS = {1: {"small": 40, "large": 72}, 2: {"small": 28, "large": 46}, 3: {"small": 22, "large": 34}}
 JITTER = 2  # pixels, uniform, on each coordinate
@@ -67,16 +68,21 @@ def _shape_poly(shape, cx, cy, s):
     raise ValueError(shape)
 
 
+def draw_shape(d, shape, cx, cy, s, fill):
+    """Fill a shape of side s centred at (cx, cy) on ImageDraw d (supersampled coordinates)."""
+    p = _shape_poly(shape, cx, cy, s)
+    if isinstance(p, tuple):
+        d.ellipse(p[1], fill=fill)
+    else:
+        d.polygon(p, fill=fill)
+
+
 def render(scene):
     """scene: {"bg": name, "objects": [{"colour","shape","size","x","y","px"}]} -> HxWx3 uint8."""
     big = Image.new("RGB", (SIZE * SS, SIZE * SS), BACKGROUNDS[scene["bg"]])
     d = ImageDraw.Draw(big)
     for o in scene["objects"]:
-        p = _shape_poly(o["shape"], o["x"] * SS, o["y"] * SS, o["px"] * SS)
-        if isinstance(p, tuple):
-            d.ellipse(p[1], fill=COLOURS[o["colour"]])
-        else:
-            d.polygon(p, fill=COLOURS[o["colour"]])
+        draw_shape(d, o["shape"], o["x"] * SS, o["y"] * SS, o["px"] * SS, COLOURS[o["colour"]])
     return np.asarray(big.resize((SIZE, SIZE), Image.BOX), dtype=np.uint8)
 
 
@@ -107,7 +113,7 @@ def layout(n, rel):
         return [(64, 64)]
     along = ([36, 92] if rel in ("left of", "above") else [92, 36]) if n == 2 else \
         [22 + 42 * i for i in range(3)]
-    if rel in ("left of", "right of", "in a row"):
+    if rel in HORIZONTAL:
         return [(p, 64) for p in along]
     return [(64, p) for p in along]
 
@@ -129,7 +135,7 @@ def random_scene(rng, n=None):
         jit = [(a, c1), (b, c2)]
     else:
         jit = [(j(), j()) for _ in range(n)]  # along, then across, per object
-    horiz = rel in (None, "left of", "right of", "in a row")
+    horiz = rel is None or rel in HORIZONTAL
     for o, (x, y), (da, dc) in zip(obs, layout(n, rel), jit):
         o["x"], o["y"] = (x + da, y + dc) if horiz else (x + dc, y + da)
     return {"bg": rng.choice(list(BACKGROUNDS)), "objects": obs, "relation": rel}
